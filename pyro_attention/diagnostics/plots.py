@@ -1,0 +1,62 @@
+"""Plots of a comparison: objective traces, and each method's fitted posterior."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from pyro_attention._io import atomic_path
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Save ``fig`` as PNG atomically and close it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_objective_traces(comparison: Any, num_points: int) -> Any:
+    """Training objective per data point against step, one line per method."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, fitted in comparison.fits.items():
+        if fitted.losses:
+            steps = range(1, len(fitted.losses) + 1)
+            ax.plot(steps, [-v / num_points for v in fitted.losses], label=name, lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("step / iteration")
+    ax.set_ylabel("objective per point (ELBO, bound or log-lik)")
+    ax.set_title(f"{comparison.model}: training objectives")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_comparison(model_obj: Any, comparison: Any, train: Any, out: Path) -> list[Path]:
+    """Write ``objective_traces.png`` and (if the model can draw it) ``posterior_fits.png``."""
+    files = [
+        save_figure(
+            plot_objective_traces(comparison, model_obj.num_points(train)),
+            out / "objective_traces.png",
+        )
+    ]
+    plot = getattr(model_obj, "plot_posterior", None)
+    if plot is not None and comparison.draws:
+        num = len(comparison.draws)
+        cols = min(4, num)
+        rows = math.ceil(num / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+        for ax, (name, draws) in zip(axes.flat, comparison.draws.items(), strict=False):
+            plot(ax, train, draws.samples)
+            row = next(r for r in comparison.rows if r["method"] == name)
+            ax.set_title(f"{name}: {row['heldout_log_lik']:.3f} nats", fontsize=9)
+        for ax in list(axes.flat)[num:]:
+            ax.axis("off")
+        fig.suptitle(f"{comparison.model}: fitted components (held-out log-lik per point)")
+        files.append(save_figure(fig, out / "posterior_fits.png"))
+    return files

@@ -1,0 +1,130 @@
+"""A Wishart distribution that autoguides and NUTS can work with.
+
+torch's ``Wishart`` has support ``positive_definite`` for which ``biject_to`` has no
+transform, so ``AutoNormal`` and ``NUTS`` cannot handle it. :class:`Wishart` is the same
+distribution with a support whose bijection is :class:`PositiveDefiniteTransform`:
+:math:`\\mathbb{R}^{D(D+1)/2} \\to` positive-definite matrices, :math:`x \\mapsto LL^\\top`
+with :math:`L` lower-triangular, :math:`L_{ii} = e^{x_{ii}}`. Its log-Jacobian is
+
+.. math:: \\log|J| = D \\log 2 + \\sum_{i=1}^{D} (D - i + 2) \\log L_{ii}
+
+(the Cholesky map contributes :math:`2^D \\prod_i L_{ii}^{D-i+1}`, the exponential
+:math:`\\prod_i L_{ii}`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from torch.distributions import biject_to, constraints, transform_to
+from torch.distributions.transforms import Transform
+
+
+class _PositiveDefiniteMatrix(constraints._PositiveDefinite):
+    """``positive_definite`` with a registered bijection."""
+
+
+positive_definite = _PositiveDefiniteMatrix()
+
+
+def _size_from_vector(length: int) -> int:
+    size = round((math.sqrt(8 * length + 1) - 1) / 2)
+    if size * (size + 1) // 2 != length:
+        raise ValueError(f"a vector of length {length} is not a lower triangle")
+    return size
+
+
+class PositiveDefiniteTransform(Transform):
+    """Unconstrained vector ``(..., D(D+1)/2)`` -> positive-definite matrix ``(..., D, D)``."""
+
+    domain = constraints.real_vector
+    codomain = positive_definite
+    bijective = True
+    sign = +1
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PositiveDefiniteTransform)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def _lower(self, x: torch.Tensor) -> torch.Tensor:
+        size = _size_from_vector(x.shape[-1])
+        rows, cols = torch.tril_indices(size, size, device=x.device)
+        lower = x.new_zeros(x.shape[:-1] + (size, size))
+        lower[..., rows, cols] = x
+        diag = lower.diagonal(dim1=-2, dim2=-1)
+        return lower - torch.diag_embed(diag) + torch.diag_embed(diag.exp())
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        lower = self._lower(x)
+        return lower @ lower.transpose(-1, -2)
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        lower = torch.linalg.cholesky(y)
+        size = y.shape[-1]
+        diag = lower.diagonal(dim1=-2, dim2=-1)
+        lower = lower - torch.diag_embed(diag) + torch.diag_embed(diag.log())
+        rows, cols = torch.tril_indices(size, size, device=y.device)
+        return lower[..., rows, cols]
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        size = y.shape[-1]
+        rows, cols = torch.tril_indices(size, size, device=x.device)
+        log_diag = x[..., rows == cols]
+        powers = torch.arange(size + 1, 1, -1, device=x.device, dtype=x.dtype)
+        return (powers * log_diag).sum(-1) + size * math.log(2.0)
+
+    def forward_shape(self, shape: torch.Size) -> torch.Size:
+        size = _size_from_vector(shape[-1])
+        return torch.Size(shape[:-1] + (size, size))
+
+    def inverse_shape(self, shape: torch.Size) -> torch.Size:
+        return torch.Size(shape[:-2] + (shape[-1] * (shape[-1] + 1) // 2,))
+
+
+@biject_to.register(_PositiveDefiniteMatrix)
+@transform_to.register(_PositiveDefiniteMatrix)
+def _to_positive_definite(constraint: _PositiveDefiniteMatrix) -> Transform:
+    return PositiveDefiniteTransform()
+
+
+class Wishart(dist.Wishart):
+    """``pyro.distributions.Wishart`` whose support has a bijection (autoguides, NUTS).
+
+    ``rsample`` redraws (Bartlett decomposition) only the draws that are numerically singular;
+    torch 2.13's own ``rsample`` tests the opposite condition and warns "Singular sample
+    detected" on every valid draw.
+    """
+
+    support = positive_definite
+
+    def rsample(
+        self, sample_shape: tuple[int, ...] = (), max_try_correction: int = 10
+    ) -> torch.Tensor:
+        sample_shape = torch.Size(sample_shape)
+        sample = self._bartlett_sampling(sample_shape)
+        for _ in range(max_try_correction):
+            singular = ~self.support.check(sample)
+            if not singular.any():
+                break
+            redraw = self._bartlett_sampling(sample_shape)
+            sample = torch.where(singular[..., None, None], redraw, sample)
+        return sample
+
+
+class StraightThroughCategorical(dist.RelaxedOneHotCategoricalStraightThrough):
+    """Straight-through Gumbel-softmax whose density is that of the discrete choice.
+
+    ``rsample`` returns an exact one-hot vector whose gradient is the relaxed sample's
+    (Jang et al. 2017; Bengio et al. 2013). Unlike Pyro's
+    ``RelaxedOneHotCategoricalStraightThrough`` (which scores the *relaxed* point with the
+    Concrete density), :meth:`log_prob` is the categorical pmf at the one-hot value,
+    :math:`\\sum_k z_k \\log \\mathrm{softmax}(\\ell)_k`, so that with a ``OneHotCategorical``
+    model site the single-sample ELBO is the true ELBO of a categorical guide.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return (value * torch.log_softmax(self.logits, -1)).sum(-1)

@@ -1,0 +1,292 @@
+"""An autoguide that gives any model with ``alignment`` sites the guide each method needs.
+
+:class:`AutoAlignmentGuide` traces the model once, splits its latent sites into
+*alignment sites* (made by :func:`~pyro_attention.alignment.alignment`) and the other
+(continuous, global) latents, and builds
+
+* for the other latents: an :class:`~pyro.infer.autoguide.AutoNormal` (or a factory the user
+  passes, e.g. ``AutoDelta`` or ``AutoMultivariateNormal``) over the model with the alignment
+  sites hidden;
+* for each alignment site, by the method's ``alignment_guide`` kind:
+
+  ==============  ============================================================================
+  ``marginalized``  nothing: the model enumerates the site (``enum``, ``nuts``)
+  ``deterministic`` nothing: the method makes the site deterministic (``soft``)
+  ``prior``         :math:`q(z) = p(z \\mid \\theta)`, the model's own prior (``hard``)
+  ``categorical``   mean-field :math:`q(z_n) = \\mathrm{Cat}(\\phi_n)`, sampled (``reinforce``,
+                    ``rws``)
+  ``enumerated``    the same, summed in the guide (``vi-enum``)
+  ``relaxed``       :math:`\\mathrm{RelaxedOneHotCategorical[StraightThrough]}(\\tau, \\phi_n)`
+                    (``gumbel``)
+  ``dirichlet``     :math:`\\mathrm{Dir}(\\alpha_n)` (``dirichlet``)
+  ==============  ============================================================================
+
+Local parameters have the full size of each plate and are indexed by the plate's subsample,
+so the guide works with mini-batches. With an ``encoder`` the local parameters are amortized:
+``encoder(site_name, plates, *args, **kwargs)`` returns the logits for the current subsample
+(``plates[name].indices`` gives it). All parts share one set of plates.
+
+Example::
+
+    guide = AutoAlignmentGuide(model, method="reinforce")
+    svi = SVI(model, guide, Adam({"lr": 0.05}), TraceGraph_ELBO())
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.infer.autoguide import AutoGuide, AutoNormal
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible, init_to_sample
+from pyro.infer.autoguide.utils import deep_setattr
+from pyro.nn import PyroModule, PyroParam
+
+from pyro_attention.alignment import is_alignment_site
+from pyro_attention.distributions import StraightThroughCategorical
+
+ALIGNMENT_GUIDE_KINDS = (
+    "marginalized",
+    "deterministic",
+    "prior",
+    "categorical",
+    "enumerated",
+    "relaxed",
+    "dirichlet",
+)
+_LOCAL_KINDS = ("categorical", "enumerated", "relaxed", "dirichlet")
+
+
+def _as_method(method: Any) -> Any:
+    """The method object for a method or its registry name, checked for a guide kind."""
+    if isinstance(method, str):
+        from pyro_attention.infer.registry import get_method
+
+        method = get_method(method)
+    kind = getattr(method, "alignment_guide", None)
+    if kind not in ALIGNMENT_GUIDE_KINDS:
+        raise ValueError(
+            f"method {method!r} declares alignment_guide={kind!r}; expected one of "
+            f"{ALIGNMENT_GUIDE_KINDS}"
+        )
+    return method
+
+
+class AutoAlignmentGuide(AutoGuide):
+    """Guide for a model with alignment sites, shaped for one inference method.
+
+    :param model: a Pyro model whose discrete choices are ``alignment`` sites.
+    :param method: an inference method object or its registry name (``"enum"``,
+        ``"reinforce"``, ``"rws"``, ``"gumbel"``, ...); its ``alignment_guide`` kind decides
+        what is built for the alignment sites (table above).
+    :param global_guide: factory ``model -> AutoGuide`` for the other latent sites (default
+        ``AutoNormal(model, init_loc_fn=init_loc_fn, init_scale=init_scale)``).
+    :param encoder: optional amortization ``encoder(site_name, plates, *args, **kwargs) ->
+        logits`` (a ``torch.nn.Module`` is registered with ``pyro.module``).
+    :param local_features: optional ``local_features(plates, *args, **kwargs) -> Tensor``,
+        per-site inputs for neural baselines (for a mixture: the subsampled data points).
+    :param init_loc_fn: initialisation of the global guide (Pyro's ``init_to_*`` functions).
+    :param init_scale: initial scale of the default ``AutoNormal``.
+    :param create_plates: as for every Pyro autoguide, to control subsampling.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        method: Any = "enum",
+        *,
+        global_guide: Callable[[Callable], AutoGuide] | None = None,
+        encoder: Callable | None = None,
+        local_features: Callable | None = None,
+        init_loc_fn: Callable = init_to_feasible,
+        init_scale: float = 0.1,
+        create_plates: Callable | None = None,
+    ) -> None:
+        super().__init__(model, create_plates=create_plates)
+        self.method = _as_method(method)
+        self.kind = self.method.alignment_guide
+        self.local_features = local_features
+        self._global_guide_factory = global_guide
+        self._init_loc_fn = init_loc_fn
+        self._init_scale = init_scale
+        self.encoder = encoder
+        self.global_guide: AutoGuide | None = None
+        self.alignment_sites: dict[str, dict] = {}
+        self.local = PyroModule()
+
+    # ------------------------------------------------------------------ set-up
+    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
+        # as AutoGuide's, but with the globals at their initial values (no prior draws)
+        def init(site: dict) -> torch.Tensor:
+            if site["fn"].support.is_discrete:
+                return init_to_sample(site)
+            return self._init_loc_fn(site)
+
+        model = poutine.block(InitMessenger(init)(self.model), self._prototype_hide_fn)
+        self.prototype_trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+        self._prototype_frames = {
+            frame.name: frame
+            for _, site in self.prototype_trace.iter_stochastic_nodes()
+            for frame in site["cond_indep_stack"]
+            if frame.vectorized
+        }
+        self.alignment_sites = {
+            name: site
+            for name, site in self.prototype_trace.iter_stochastic_nodes()
+            if is_alignment_site(site)
+        }
+        others = [
+            name
+            for name, site in self.prototype_trace.iter_stochastic_nodes()
+            if name not in self.alignment_sites
+        ]
+        if others:
+            hidden = poutine.block(self.model, hide=list(self.alignment_sites))
+            if self._global_guide_factory is None:
+                guide = AutoNormal(
+                    hidden, init_loc_fn=self._init_loc_fn, init_scale=self._init_scale
+                )
+            else:
+                guide = self._global_guide_factory(hidden)
+            guide.master = weakref.ref(self)
+            self.global_guide = guide
+        if self.kind in _LOCAL_KINDS and self.encoder is None:
+            for name, site in self.alignment_sites.items():
+                init = site["fn"].logits.new_zeros(self._full_shape(site))
+                if self.kind == "dirichlet":
+                    param = PyroParam(init.exp(), constraint=constraints.positive, event_dim=1)
+                else:
+                    param = PyroParam(init, event_dim=1)
+                deep_setattr(self.local, name, param)
+
+    def _check_prototype(self, part_trace: poutine.Trace) -> None:
+        for name, part_site in part_trace.iter_stochastic_nodes():
+            own = self.prototype_trace.nodes[name]
+            if part_site["value"].shape != own["value"].shape:
+                raise ValueError(
+                    f"global guide site {name!r} has shape {tuple(part_site['value'].shape)} "
+                    f"but the model's is {tuple(own['value'].shape)}"
+                )
+
+    @staticmethod
+    def _full_shape(site: dict) -> tuple[int, ...]:
+        """Batch shape of a site with every subsampled plate at full size, plus ``(K,)``."""
+        shape = list(site["fn"].batch_shape)
+        for frame in site["cond_indep_stack"]:
+            if not frame.vectorized:
+                continue
+            while len(shape) < -frame.dim:
+                shape.insert(0, 1)
+            shape[frame.dim] = frame.full_size or frame.size
+        return (*shape, site["fn"].logits.shape[-1])
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, *args: Any, observations: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """Sample every latent site; ``observations`` (passed by RWS) is accepted and unused."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        plates = self._create_plates(*args, **kwargs)
+        result: dict[str, Any] = {}
+        if self.global_guide is not None:
+            result.update(self.global_guide(*args, **kwargs))
+        if self.kind == "prior":
+            result.update(self._sample_from_prior(result, plates, args, kwargs))
+        elif self.kind in _LOCAL_KINDS:
+            if self.encoder is not None and isinstance(self.encoder, torch.nn.Module):
+                pyro.module("alignment_encoder", self.encoder)
+            for name, site in self.alignment_sites.items():
+                with ExitStack() as stack:
+                    for frame in site["cond_indep_stack"]:
+                        if frame.vectorized:
+                            stack.enter_context(plates[frame.name])
+                    params = self._local_params(name, site, plates, args, kwargs)
+                    fn = self._local_dist(params)
+                    infer = self._infer(name, fn.batch_shape, plates, args, kwargs)
+                    result[name] = pyro.sample(name, fn, infer=infer)
+        return result
+
+    def _local_params(
+        self, name: str, site: dict, plates: dict, args: tuple, kwargs: dict
+    ) -> torch.Tensor:
+        if self.encoder is not None:
+            out = self.encoder(name, plates, *args, **kwargs)
+            if self.kind == "dirichlet":
+                out = torch.nn.functional.softplus(out) + 1e-3
+            return out
+        # a PyroParam with event_dim, read inside its plates, comes subsampled by Pyro
+        return functools.reduce(getattr, name.split("."), self.local)
+
+    def _local_dist(self, params: torch.Tensor) -> dist.Distribution:
+        if self.kind == "dirichlet":
+            return dist.Dirichlet(params, validate_args=False)
+        if self.kind == "relaxed":
+            temperature = params.new_tensor(self.method.temperature)
+            relaxed = (
+                StraightThroughCategorical
+                if self.method.straight_through
+                else dist.RelaxedOneHotCategorical
+            )
+            return relaxed(temperature, logits=params, validate_args=False)
+        return dist.Categorical(logits=params)
+
+    def _infer(
+        self, name: str, batch_shape: torch.Size, plates: dict, args: tuple, kwargs: dict
+    ) -> dict:
+        """Site ``infer``: guide-side enumeration, and the method's baseline entries."""
+        infer = {"enumerate": "parallel"} if self.kind == "enumerated" else {}
+
+        def features() -> torch.Tensor:
+            if self.local_features is None:
+                raise ValueError(
+                    f"a neural baseline for site {name!r} needs per-site features: pass "
+                    "local_features=... to AutoAlignmentGuide (models provide local_features)"
+                )
+            return self.local_features(plates, *args, **kwargs)
+
+        infer.update(
+            self.method.guide_site_infer(name, batch_shape, features, plates, args, kwargs)
+        )
+        return infer
+
+    def _sample_from_prior(
+        self, global_values: dict, plates: dict, args: tuple, kwargs: dict
+    ) -> dict[str, torch.Tensor]:
+        """Sample each alignment from the model's own prior given the sampled globals.
+
+        The model is run (hidden from outer handlers) with the globals and the plates'
+        subsamples fixed; alignment sites must be conditionally independent given them.
+        """
+        fixed = dict(global_values)
+        fixed.update({name: plate.indices for name, plate in plates.items()})
+        model_trace = poutine.block(poutine.trace(poutine.condition(self.model, fixed)).get_trace)(
+            *args, **kwargs
+        )
+        result = {}
+        for name, site in self.alignment_sites.items():
+            with ExitStack() as stack:
+                for frame in site["cond_indep_stack"]:
+                    if frame.vectorized:
+                        stack.enter_context(plates[frame.name])
+                fn = model_trace.nodes[name]["fn"]
+                infer = self._infer(name, fn.batch_shape, plates, args, kwargs)
+                result[name] = pyro.sample(name, fn, infer=infer)
+        return result
+
+    # ------------------------------------------------------------------ helpers
+    def global_site_names(self) -> list[str]:
+        """Names of the latent sites that are not alignments (after the first call)."""
+        if self.prototype_trace is None:
+            raise RuntimeError("call the guide once (or run a step) before asking for its sites")
+        return [
+            name
+            for name, _ in self.prototype_trace.iter_stochastic_nodes()
+            if name not in self.alignment_sites
+        ]

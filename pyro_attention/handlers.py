@@ -1,0 +1,110 @@
+"""Effect handlers that rewrite :func:`~pyro_attention.alignment.alignment` sites.
+
+Each handler turns the ``Categorical(logits)`` of every alignment site into another
+distribution over the same choice, so one model serves every inference method:
+
+* :class:`soft` — ``z`` becomes its mean :math:`E_p[z] = \\mathrm{softmax}(\\ell)`, a
+  deterministic site (classic soft attention; Bahdanau et al. 2015).
+* :class:`relax` — ``z`` becomes one-hot (``OneHotCategorical``) when ``straight_through``
+  (the guide then uses a straight-through Gumbel-softmax, Jang et al. 2017), or a
+  ``RelaxedOneHotCategorical(τ)`` (the Concrete distribution, Maddison et al. 2017).
+* :class:`dirichlet` — ``z`` becomes a point on the simplex,
+  :math:`z \\sim \\mathrm{Dir}(c K \\,\\mathrm{softmax}(\\ell))` (Deng et al. 2018, §3).
+
+Example::
+
+    soft_model = soft()(model)            # or: with relax(0.5): model(data)
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from pyro.poutine.messenger import Messenger
+
+from pyro_attention.alignment import is_alignment_site
+
+
+class _AlignmentRewriter(Messenger):
+    """Base class: apply :meth:`_rewrite` to every alignment sample site."""
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if not is_alignment_site(msg) or msg.get("_alignment_rewritten"):
+            return
+        if msg["is_observed"]:
+            raise ValueError(
+                f"alignment site {msg['name']!r} is observed; {type(self).__name__}() rewrites "
+                "latent alignments only: remove obs= or do not apply the handler"
+            )
+        self._rewrite(msg, msg["fn"])
+        msg["_alignment_rewritten"] = True
+
+    def _rewrite(self, msg: dict, fn: dist.Categorical) -> None:
+        raise NotImplementedError
+
+
+def _probs(fn: dist.Categorical) -> torch.Tensor:
+    return torch.softmax(fn.logits.float() if fn.logits.dtype != torch.float64 else fn.logits, -1)
+
+
+class soft(_AlignmentRewriter):
+    """Replace each alignment by its prior mean, a deterministic point on the simplex."""
+
+    def _rewrite(self, msg: dict, fn: dist.Categorical) -> None:
+        probs = _probs(fn)
+        msg["fn"] = dist.Delta(probs, event_dim=1)
+        msg["value"] = probs
+        msg["is_observed"] = True
+        msg["infer"] = {**msg["infer"], "_deterministic": True}
+
+
+class relax(_AlignmentRewriter):
+    """Relax each alignment for pathwise gradients (Gumbel-softmax).
+
+    :param temperature: τ of the relaxed guide (and of the Concrete prior when
+        ``straight_through=False``); τ → 0 approaches the discrete choice. In float32 keep
+        τ ≳ 0.3: smaller values overflow.
+    :param straight_through: if True (default) the model keeps a discrete one-hot site
+        (``OneHotCategorical``) and the guide samples exactly one-hot vectors whose gradient is
+        that of the relaxed sample; the objective is then the true ELBO. If False both model and
+        guide use the Concrete density on the simplex: a relaxed model whose bias vanishes as
+        τ → 0.
+    """
+
+    def __init__(self, temperature: float = 0.5, straight_through: bool = True) -> None:
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        super().__init__()
+        self.temperature = float(temperature)
+        self.straight_through = straight_through
+
+    def _rewrite(self, msg: dict, fn: dist.Categorical) -> None:
+        if self.straight_through:
+            msg["fn"] = dist.OneHotCategorical(logits=fn.logits, validate_args=False)
+        else:
+            msg["fn"] = dist.RelaxedOneHotCategorical(
+                fn.logits.new_tensor(self.temperature), logits=fn.logits, validate_args=False
+            )
+
+
+class dirichlet(_AlignmentRewriter):
+    """Relax each alignment to a Dirichlet on the simplex centred on the prior.
+
+    .. math:: z \\sim \\mathrm{Dir}(\\alpha),\\quad \\alpha = c\\,K\\,\\mathrm{softmax}(\\ell)
+
+    so that ``c = 1`` with uniform logits is the flat Dirichlet and small ``c`` pushes samples
+    to the corners (nearly one-hot).
+
+    :param concentration: ``c > 0``.
+    """
+
+    def __init__(self, concentration: float = 1.0) -> None:
+        if not concentration > 0:
+            raise ValueError(f"concentration must be positive, got {concentration}")
+        super().__init__()
+        self.concentration = float(concentration)
+
+    def _rewrite(self, msg: dict, fn: dist.Categorical) -> None:
+        probs = _probs(fn)
+        alpha = (self.concentration * probs.shape[-1] * probs).clamp(min=1e-3)
+        msg["fn"] = dist.Dirichlet(alpha, validate_args=False)

@@ -1,0 +1,53 @@
+"""Inference methods by name, the fit loop and the method-independent evaluation."""
+
+from pyro_attention.infer.baselines import (
+    Baseline,
+    DecayingAverageBaseline,
+    NeuralBaseline,
+    ValueBaseline,
+)
+from pyro_attention.infer.compare import Comparison, compare
+from pyro_attention.infer.fit import FitResult, NonFiniteLossError, PosteriorDraws, fit
+from pyro_attention.infer.methods import (
+    CAVI,
+    EM,
+    NUTS,
+    RWS,
+    Dirichlet,
+    Enum,
+    Gumbel,
+    Hard,
+    InferenceMethod,
+    Reinforce,
+    Soft,
+    VIEnum,
+)
+from pyro_attention.infer.registry import get_method, method_names, register_method
+
+__all__ = [
+    "CAVI",
+    "EM",
+    "NUTS",
+    "RWS",
+    "Baseline",
+    "Comparison",
+    "DecayingAverageBaseline",
+    "Dirichlet",
+    "Enum",
+    "FitResult",
+    "Gumbel",
+    "Hard",
+    "InferenceMethod",
+    "NeuralBaseline",
+    "NonFiniteLossError",
+    "PosteriorDraws",
+    "Reinforce",
+    "Soft",
+    "VIEnum",
+    "ValueBaseline",
+    "compare",
+    "fit",
+    "get_method",
+    "method_names",
+    "register_method",
+]

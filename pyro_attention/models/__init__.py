@@ -1,0 +1,7 @@
+"""Generative models, one per module, each with the guide for every inference method."""
+
+from pyro_attention.models.base import AlignmentModel
+from pyro_attention.models.gmm import BayesianGMM
+from pyro_attention.models.gmm_conjugate import GMMPrior
+
+__all__ = ["AlignmentModel", "BayesianGMM", "GMMPrior"]

@@ -1,0 +1,98 @@
+"""What every model of the library provides to the inference methods and the evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from pyro.infer.autoguide.initialization import init_to_sample, init_to_value
+from pyro.nn import PyroModule
+
+from pyro_attention.guides import AutoAlignmentGuide
+
+#: methods any model written with ``alignment`` sites gets from the autoguide
+GENERIC_METHODS = (
+    "enum",
+    "vi-enum",
+    "reinforce",
+    "rws",
+    "gumbel",
+    "dirichlet",
+    "soft",
+    "hard",
+    "nuts",
+)
+
+
+class AlignmentModel(PyroModule):
+    """Base class: a Pyro model with ``alignment`` sites and the guide for each method.
+
+    Subclasses write ``model(data, *, subsample_size=None)`` with a data plate named
+    :attr:`data_plate` and may override :attr:`supported_methods`, :meth:`initialize`,
+    :meth:`local_features` and :meth:`check_data`; closed-form methods are methods named after
+    them (``cavi(data, ...)``, ``em(data, ...)``).
+    """
+
+    #: short name used in outputs and the CLI
+    name: ClassVar[str] = "model"
+    #: number of nested plates the model uses
+    max_plate_nesting: ClassVar[int] = 1
+    #: the plate over independent data points
+    data_plate: ClassVar[str] = "data"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._init_values: dict[str, torch.Tensor] = {}
+        self.encoder: Callable | None = None
+
+    # ----------------------------------------------------------------- methods
+    @property
+    def supported_methods(self) -> tuple[str, ...]:
+        """Method names that apply to this model."""
+        closed = tuple(n for n in ("cavi", "em") if callable(getattr(self, n, None)))
+        return GENERIC_METHODS + closed
+
+    def unsupported_reason(self, method: str) -> str:
+        """Why ``method`` does not apply (used in the error message)."""
+        if method in ("cavi", "em"):
+            return f"{method} needs closed-form updates, which only conjugate models provide"
+        return "the model does not declare it"
+
+    def guide(self, method: Any) -> AutoAlignmentGuide:
+        """The guide matching ``method`` (a method object or name)."""
+        return AutoAlignmentGuide(
+            self.model,
+            method=method,
+            init_loc_fn=self.init_loc_fn(),
+            encoder=self.encoder,
+            local_features=self.local_features,
+        )
+
+    def model(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- data
+    def check_data(self, data: Any) -> Any:
+        """Validate ``data`` (refuse NaN, wrong shape, dtype, device) and return it."""
+        return data
+
+    def num_points(self, data: Any) -> int:
+        """Number of independent data points (units of the held-out metric)."""
+        return len(data)
+
+    def initialize(self, data: Any) -> None:
+        """Compute data-dependent initial values of the globals (see :meth:`init_loc_fn`)."""
+
+    def init_loc_fn(self) -> Callable:
+        """Initialisation for guides and NUTS: :meth:`initialize`'s values, else prior draws."""
+        return init_to_value(values=dict(self._init_values), fallback=init_to_sample)
+
+    def local_features(self, plates: dict, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Per-data-point features (inputs of neural baselines and encoders)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no local features")
+
+    # ----------------------------------------------------------------- outputs
+    def arviz_dims(self) -> dict[str, list[str]]:
+        """Names of the non-sample dims of each site, for the ArviZ bridge."""
+        return {}

@@ -1,0 +1,125 @@
+"""The fit loop: checkpoint/resume, the non-finite guard, method objects by hand."""
+
+import json
+
+import pyro
+import pytest
+import torch
+from pyro.infer import SVI
+from pyro.optim import ClippedAdam
+
+from pyro_attention.data import load_gmm2d
+from pyro_attention.infer import NonFiniteLossError, fit, get_method, method_names
+from pyro_attention.infer.methods import InferenceMethod
+from pyro_attention.models import BayesianGMM
+
+
+def test_registry_names_and_objects():
+    assert {
+        "enum",
+        "reinforce",
+        "rws",
+        "gumbel",
+        "dirichlet",
+        "vi-enum",
+        "soft",
+        "hard",
+        "cavi",
+        "em",
+        "nuts",
+    } <= set(method_names())
+    method = get_method("gumbel", temperature=0.7)
+    assert method.temperature == 0.7
+    assert get_method(method) is method
+    for name in method_names():
+        m = get_method(name)
+        assert isinstance(m, InferenceMethod) and m.name == name
+
+
+def test_svi_assembled_by_hand(device):
+    data = load_gmm2d(device=device).train
+    gmm = BayesianGMM(4, 2)
+    gmm.initialize(data)
+    method = get_method("reinforce")
+    svi = SVI(
+        method.prepare(gmm.model),
+        method.guide(gmm),
+        ClippedAdam({"lr": 0.05}),
+        method.loss(gmm.max_plate_nesting),
+    )
+    losses = [svi.step(data) for _ in range(30)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_checkpoint_resume_continues_where_it_stopped(device, tmp_path):
+    data = load_gmm2d(device=device).train
+    gmm = BayesianGMM(3, 2, "diag")
+    path = tmp_path / "ckpt" / "enum.pt"
+    full = fit(gmm, data, "enum", num_steps=40, seed=1, progress=False)
+    reference = dict(pyro.get_param_store().named_parameters())
+    reference = {k: v.detach().clone() for k, v in reference.items()}
+
+    pyro.clear_param_store()
+    first = fit(
+        gmm, data, "enum", num_steps=20, seed=1, progress=False, checkpoint=path, checkpoint_every=5
+    )
+    assert first.steps == 20 and path.exists()
+    assert not list(path.parent.glob("*.tmp"))
+    pyro.clear_param_store()
+    resumed = fit(gmm, data, "enum", num_steps=40, seed=123, progress=False, checkpoint=path)
+    assert resumed.steps == 40
+    assert resumed.losses[:20] == first.losses
+    torch.testing.assert_close(torch.tensor(resumed.losses), torch.tensor(full.losses))
+    for name, value in pyro.get_param_store().named_parameters():
+        torch.testing.assert_close(value.detach(), reference[name])
+
+
+def test_checkpoint_of_another_method_refused(device, tmp_path):
+    data = load_gmm2d(device=device).train
+    gmm = BayesianGMM(3, 2, "diag")
+    path = tmp_path / "run.pt"
+    fit(gmm, data, "enum", num_steps=3, progress=False, checkpoint=path)
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match="written by method 'enum'"):
+        fit(gmm, data, "reinforce", num_steps=3, progress=False, checkpoint=path)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_state(device, tmp_path):
+    data = load_gmm2d(device=device).train
+    gmm = BayesianGMM(3, 2, "diag")
+    calls = {"n": 0}
+    original = gmm.model
+
+    def poisoned(data, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 12:  # the objective turns infinite from the 12th step on
+            pyro.factor("poison", data.new_tensor(float("-inf")))
+        return original(data, **kwargs)
+
+    gmm.model = poisoned
+    path = tmp_path / "nan.pt"
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step") as info:
+        fit(gmm, data, "enum", num_steps=50, progress=False, checkpoint=path)
+    result = info.value.result
+    assert result.steps >= 1 and all(torch.isfinite(torch.tensor(result.losses)))
+    for _, value in pyro.get_param_store().named_parameters():
+        assert torch.isfinite(value).all()
+    saved = torch.load(path, weights_only=False)
+    assert saved["step"] == result.steps
+
+
+def test_closed_form_and_nuts_results(device):
+    data = load_gmm2d(device=device).train
+    gmm = BayesianGMM(3, 2)
+    cavi = fit(gmm, data, "cavi", progress=False)
+    assert cavi.status == "ok" and cavi.draws(7).samples["locs"].shape == (7, 3, 2)
+    assert cavi.draws(7).log_density.shape == (7,)
+    em = fit(gmm, data, "em", progress=False)
+    assert em.draws(7).samples["locs"].shape == (1, 3, 2)
+    nuts = fit(
+        gmm, data, get_method("nuts", num_samples=10, warmup_steps=10, num_chains=2), progress=False
+    )
+    assert nuts.chains_shape() == (2, 10)
+    assert nuts.chains["locs"].dtype == data.dtype
+    assert nuts.sample_dims == ("chain", "draw")
+    json.dumps({"steps": nuts.steps, "seconds": nuts.seconds})
