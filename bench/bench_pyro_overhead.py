@@ -497,6 +497,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"{statistics.median(jit_ratios):.1f} (range {min(jit_ratios):.1f}-{max(jit_ratios):.1f});"
         f" jit closes a median {100 * closed:.0f}% of the gap"
     )
+    cpu_svi = statistics.median(r["cpu_ratio_svi_torch"] for r in rows)
+    cpu_jit = statistics.median(r["cpu_ratio_jit_torch"] for r in rows)
+    print(f"CPU-time ratios: svi/torch median {cpu_svi:.1f}, jit/torch median {cpu_jit:.1f}")
     print(
         f"'jit gap': share of the svi-torch time difference that jit removes; 'loss diff': "
         f"torch - pyro loss at the same parameters and draw. Took "

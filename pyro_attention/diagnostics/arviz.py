@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -35,6 +34,8 @@ import arviz_base
 import numpy as np
 import torch
 import xarray as xr
+
+from pyro_attention._io import atomic_path
 
 __all__ = ["load_datatree", "save_datatree", "to_datatree"]
 
@@ -380,17 +381,8 @@ def save_datatree(dt: xr.DataTree, path: str | os.PathLike[str]) -> Path:
     tree = dt.copy(deep=False)
     for node in tree.subtree:
         node.attrs = _encode_attrs(node.attrs, f"group {node.path!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL: a fresh name of our own; mode 0o666 so the final file gets the usual umask
-    # permissions (tempfile.mkstemp would leave it readable by its owner only).
-    tmp_name = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    os.close(os.open(tmp_name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    try:
-        tree.to_netcdf(tmp_name, engine="h5netcdf")
-        os.replace(tmp_name, path)
-    except BaseException:
-        tmp_name.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tree.to_netcdf(tmp, engine="h5netcdf")
     return path
 
 

@@ -1,4 +1,8 @@
-"""Plots of a comparison: objective traces, and each method's fitted posterior."""
+"""Plots of a comparison: objective traces, and each method's fitted posterior.
+
+Figures are built as :class:`matplotlib.figure.Figure` objects, never through ``pyplot``, so
+writing them leaves the user's backend (e.g. inline plots in Jupyter) alone.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,22 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from pyro_attention._io import atomic_path
 
 
-def save_figure(fig: Any, path: Path) -> Path:
-    """Save ``fig`` as PNG atomically and close it."""
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Save ``fig`` as PNG atomically."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
     return path
 
 
 def plot_objective_traces(comparison: Any, num_points: int) -> Any:
     """Training objective per data point against step, one line per method."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for name, fitted in comparison.fits.items():
         if fitted.losses:
             steps = range(1, len(fitted.losses) + 1)
@@ -33,7 +34,8 @@ def plot_objective_traces(comparison: Any, num_points: int) -> Any:
     ax.set_xlabel("step / iteration")
     ax.set_ylabel("objective per point (ELBO, bound or log-lik)")
     ax.set_title(f"{comparison.model}: training objectives")
-    ax.legend(fontsize=8)
+    if ax.lines:
+        ax.legend(fontsize=8)
     return fig
 
 
@@ -50,7 +52,8 @@ def plot_comparison(model_obj: Any, comparison: Any, train: Any, out: Path) -> l
         num = len(comparison.draws)
         cols = min(4, num)
         rows = math.ceil(num / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+        fig = Figure(figsize=(3.2 * cols, 3.2 * rows))
+        axes = fig.subplots(rows, cols, squeeze=False)
         for ax, (name, draws) in zip(axes.flat, comparison.draws.items(), strict=False):
             plot(ax, train, draws.samples)
             row = next(r for r in comparison.rows if r["method"] == name)

@@ -45,6 +45,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
+from pyro.infer import TraceEnum_ELBO
 from pyro.infer.autoguide import AutoGuide, AutoNormal
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible, init_to_sample
 from pyro.infer.autoguide.utils import deep_setattr
@@ -52,6 +53,7 @@ from pyro.nn import PyroModule, PyroParam
 
 from pyro_attention.alignment import is_alignment_site
 from pyro_attention.distributions import StraightThroughCategorical
+from pyro_attention.infer.methods import enumerate_alignments
 
 ALIGNMENT_GUIDE_KINDS = (
     "marginalized",
@@ -95,6 +97,9 @@ class AutoAlignmentGuide(AutoGuide):
         per-site inputs for neural baselines (for a mixture: the subsampled data points).
     :param init_loc_fn: initialisation of the global guide (Pyro's ``init_to_*`` functions).
     :param init_scale: initial scale of the default ``AutoNormal``.
+    :param init_local: ``"posterior"`` (default) starts each local categorical at the
+        posterior of its alignment given the initial globals (an E-step, by enumeration);
+        ``"uniform"`` at uniform logits.
     :param create_plates: as for every Pyro autoguide, to control subsampling.
     """
 
@@ -108,6 +113,7 @@ class AutoAlignmentGuide(AutoGuide):
         local_features: Callable | None = None,
         init_loc_fn: Callable = init_to_feasible,
         init_scale: float = 0.1,
+        init_local: str = "posterior",
         create_plates: Callable | None = None,
     ) -> None:
         super().__init__(model, create_plates=create_plates)
@@ -117,6 +123,9 @@ class AutoAlignmentGuide(AutoGuide):
         self._global_guide_factory = global_guide
         self._init_loc_fn = init_loc_fn
         self._init_scale = init_scale
+        if init_local not in ("posterior", "uniform"):
+            raise ValueError(f"init_local must be 'posterior' or 'uniform', got {init_local!r}")
+        self._init_local = init_local
         self.encoder = encoder
         self.global_guide: AutoGuide | None = None
         self.alignment_sites: dict[str, dict] = {}
@@ -159,13 +168,44 @@ class AutoAlignmentGuide(AutoGuide):
             guide.master = weakref.ref(self)
             self.global_guide = guide
         if self.kind in _LOCAL_KINDS and self.encoder is None:
-            for name, site in self.alignment_sites.items():
-                init = site["fn"].logits.new_zeros(self._full_shape(site))
+            for name, logits in self._initial_local_logits(args, kwargs).items():
                 if self.kind == "dirichlet":
-                    param = PyroParam(init.exp(), constraint=constraints.positive, event_dim=1)
+                    probs = torch.softmax(logits, -1)
+                    alpha = (probs.shape[-1] * probs).clamp(min=1e-2)
+                    param = PyroParam(alpha, constraint=constraints.positive, event_dim=1)
                 else:
-                    param = PyroParam(init, event_dim=1)
+                    param = PyroParam(logits, event_dim=1)
                 deep_setattr(self.local, name, param)
+
+    def _initial_local_logits(self, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+        """Logits of :math:`p(z \\mid x, \\theta_0)`, the posterior of each alignment given the
+        initial globals (one E-step), computed by enumeration; uniform if a plate of the site is
+        subsampled at set-up or ``init_local="uniform"``."""
+        sites = self.alignment_sites
+        logits = {n: s["fn"].logits.new_zeros(self._full_shape(s)) for n, s in sites.items()}
+        subsampled = any(
+            (frame.full_size or frame.size) != frame.size
+            for site in sites.values()
+            for frame in site["cond_indep_stack"]
+        )
+        if self._init_local != "posterior" or subsampled or not sites:
+            return logits
+        fixed = {
+            name: site["value"]
+            for name, site in self.prototype_trace.iter_stochastic_nodes()
+            if name not in sites
+        }
+        nesting = max((-f.dim for f in self._prototype_frames.values()), default=0)
+        model = enumerate_alignments(poutine.condition(self.model, fixed))
+        with torch.no_grad(), poutine.block():
+            marginals = TraceEnum_ELBO(max_plate_nesting=nesting).compute_marginals(
+                model, lambda *a, **k: None, *args, **kwargs
+            )
+        for name in sites:
+            posterior = marginals[name].logits
+            if posterior.shape == logits[name].shape:
+                logits[name] = posterior.detach()
+        return logits
 
     def _check_prototype(self, part_trace: poutine.Trace) -> None:
         for name, part_site in part_trace.iter_stochastic_nodes():

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyro
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_attention._io import write_json
 from pyro_attention.infer.evaluate import (
@@ -190,6 +190,12 @@ def compare(
     """
     train = model_obj.check_data(train)
     test = model_obj.check_data(test)
+    if isinstance(train, torch.Tensor) and isinstance(test, torch.Tensor):
+        if test.device != train.device or test.dtype != train.dtype:
+            raise ValueError(
+                f"test is {test.dtype} on {test.device} but train is {train.dtype} on "
+                f"{train.device}; use test.to(train) so both match"
+            )
     names = list(model_obj.supported_methods) if methods is None else list(methods)
     objects = [get_method(m) for m in names]
     for method in objects:  # refuse bad pairs before any work starts

@@ -21,7 +21,7 @@ from pyro import poutine
 from pyro.infer import MCMC, SVI
 from pyro.infer import NUTS as _PyroNUTS
 from pyro.optim import ClippedAdam, PyroOptim
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_attention._io import atomic_path
 from pyro_attention.infer.methods import InferenceMethod

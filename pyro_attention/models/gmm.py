@@ -212,7 +212,7 @@ class BayesianGMM(AlignmentModel):
         import math
 
         points = data.detach().cpu()
-        ax.scatter(points[:, 0], points[:, 1], s=3, c="0.6")
+        ax.scatter(points[:, 0], points[:, 1], s=2, c="0.6", rasterized=True)
         total = samples["locs"].shape[0]
         for s in torch.linspace(0, total - 1, min(num_draws, total)).round().long().tolist():
             locs = samples["locs"][s].detach().cpu().double()

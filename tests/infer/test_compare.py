@@ -88,6 +88,12 @@ def test_compare_refuses_bad_pairs_before_work(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_train_and_test_must_match(device):
+    data = load_gmm2d(device=device)
+    with pytest.raises(ValueError, match=r"test is torch.float64 .* use test.to\(train\)"):
+        compare(BayesianGMM(3, 2), data.train, data.test.double(), ["cavi"], progress=False)
+
+
 def test_cli_compare_gmm(tmp_path, capsys):
     code = main(
         [

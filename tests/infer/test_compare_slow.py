@@ -1,0 +1,24 @@
+"""The main job at its default size: exact methods agree (run with -m slow)."""
+
+import pytest
+
+from pyro_attention.data import load_gmm2d
+from pyro_attention.infer import NUTS, compare
+from pyro_attention.models import BayesianGMM
+
+
+@pytest.mark.slow
+def test_default_comparison_exact_methods_agree(tmp_path):
+    data = load_gmm2d()
+    result = compare(
+        BayesianGMM(4, 2),
+        data.train,
+        data.test,
+        ["enum", "cavi", "em", NUTS(num_samples=150, warmup_steps=150)],
+        num_steps=1000,
+        out=tmp_path,
+        progress=False,
+    )
+    scores = {row["method"]: row["heldout_log_lik"] for row in result.rows}
+    for name in ("enum", "nuts", "em"):
+        assert abs(scores[name] - scores["cavi"]) < 0.05, scores
