@@ -56,13 +56,13 @@ from dataclasses import dataclass, field
 
 import pyro
 import torch
+from _common import environment, save_figures
 from pyro import poutine
 from pyro.infer import SVI, JitTraceEnum_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoDelta
 from pyro.optim import Adam
 from torch.distributions.transforms import StickBreakingTransform
 
-from pyro_attention._io import write_json
 from pyro_attention.guides import AutoAlignmentGuide
 from pyro_attention.infer import get_method
 from pyro_attention.models import BayesianGMM
@@ -509,19 +509,12 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {
         "benchmark": "pyro_overhead",
         "args": vars(args),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "pyro": pyro.__version__,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
+        **environment(),
         "load_average_before": load_before,
         "load_average_after": load_after,
         "results": rows,
     }
-    if args.json:
-        write_json(args.json, figures)
-        print(f"wrote {args.json}")
-    return figures
+    return save_figures(figures, args.json)
 
 
 if __name__ == "__main__":

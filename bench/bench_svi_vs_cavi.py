@@ -51,10 +51,10 @@ import time
 
 import pyro
 import torch
+from _common import environment, save_figures
 from pyro.infer import SVI
 from pyro.optim import ClippedAdam
 
-from pyro_attention._io import write_json
 from pyro_attention.data import load_gmm2d
 from pyro_attention.infer import get_method
 from pyro_attention.infer.evaluate import (
@@ -309,11 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {
         "benchmark": "svi_vs_cavi",
         "args": vars(args),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "pyro": pyro.__version__,
-        "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
+        **environment(),
         "load_average_before": load_before,
         "load_average_after": load_after,
         "n_train": train.shape[0],
@@ -323,10 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
         "target_definition": "heldout_lpd >= L_cavi - 0.01 * |L_cavi|",
         "results": rows,
     }
-    if args.json:
-        write_json(args.json, figures)
-        print(f"wrote {args.json}")
-    return figures
+    return save_figures(figures, args.json)
 
 
 if __name__ == "__main__":

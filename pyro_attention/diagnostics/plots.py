@@ -30,6 +30,13 @@ def plot_objective_traces(comparison: Any, num_points: int) -> Any:
         if fitted.losses:
             steps = range(1, len(fitted.losses) + 1)
             ax.plot(steps, [-v / num_points for v in fitted.losses], label=name, lw=1)
+    traces = [[-v / num_points for v in f.losses] for f in comparison.fits.values() if f.losses]
+    if traces:  # zoom on where the methods end up, not on the first steps of a slow starter
+        finals = [
+            sorted(t[-max(1, len(t) // 10) :])[len(t[-max(1, len(t) // 10) :]) // 2] for t in traces
+        ]
+        spread = max(max(finals) - min(finals), 0.5)
+        ax.set_ylim(min(finals) - spread, max(max(t) for t in traces) + 0.1 * spread)
     ax.set_xscale("log")
     ax.set_xlabel("step / iteration")
     ax.set_ylabel("objective per point (ELBO, bound or log-lik)")

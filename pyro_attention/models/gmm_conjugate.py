@@ -53,7 +53,7 @@ from numbers import Real
 from typing import NamedTuple
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from pyro_attention._validation import check_positive_int, check_tensor
 
