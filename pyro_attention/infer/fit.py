@@ -125,7 +125,7 @@ def _restore(snapshot: dict[str, torch.Tensor]) -> None:
 def _save_checkpoint(
     path: Path,
     method: InferenceMethod,
-    optim: PyroOptim,
+    optim: PyroOptim | None,
     step: int,
     losses: list[float],
     seconds: float,
@@ -136,7 +136,7 @@ def _save_checkpoint(
         "losses": list(losses),
         "seconds": seconds,
         "params": pyro.get_param_store().get_state(),
-        "optim": optim.get_state(),
+        "optim": None if optim is None else optim.get_state(),
         "rng": pyro.util.get_rng_state(),
     }
     with atomic_path(path) as tmp:
@@ -193,7 +193,8 @@ def svi_fit(
                 f"{method.name!r}; pass another checkpoint path or resume=False"
             )
         pyro.get_param_store().set_state(state["params"])
-        optim.set_state(state["optim"])
+        if state["optim"] is not None:
+            optim.set_state(state["optim"])
         pyro.util.set_rng_state(state["rng"])
         start, losses, seconds_before = state["step"], list(state["losses"]), state["seconds"]
 
@@ -202,7 +203,6 @@ def svi_fit(
     status = "ok"
     t0 = time.perf_counter()
     bar = tqdm(range(start, num_steps), desc=method.name, disable=not progress, leave=False)
-    step = start
     for step in bar:
         value = svi.step(data, **kwargs)
         value = float(value[0] if isinstance(value, tuple) else value)
@@ -211,7 +211,7 @@ def svi_fit(
         )
         if not (torch.isfinite(torch.tensor(value)) and params_ok):
             _restore(snapshot)
-            status = f"non-finite loss at step {step}; parameters of step {step - 1} kept"
+            status = f"non-finite loss at step {step}; the parameters before it are kept"
             break
         snapshot = _param_snapshot()
         losses.append(value)
@@ -226,12 +226,12 @@ def svi_fit(
                 losses,
                 seconds_before + time.perf_counter() - t0,
             )
-    else:
-        step = num_steps
     seconds = seconds_before + time.perf_counter() - t0
     steps_done = len(losses)
-    if checkpoint is not None:
-        _save_checkpoint(checkpoint, method, optim, steps_done, losses, seconds)
+    if checkpoint is not None:  # after a non-finite step the optimiser's moments may be NaN
+        _save_checkpoint(
+            checkpoint, method, optim if status == "ok" else None, steps_done, losses, seconds
+        )
     result = FitResult(
         method=method,
         losses=losses,

@@ -106,6 +106,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(device, tmp_path):
         assert torch.isfinite(value).all()
     saved = torch.load(path, weights_only=False)
     assert saved["step"] == result.steps
+    assert saved["optim"] is None  # the optimiser's moments after the bad step are not kept
+    gmm.model = original  # the run resumes from the last good parameters
+    resumed = fit(gmm, data, "enum", num_steps=result.steps + 5, progress=False, checkpoint=path)
+    assert resumed.steps == result.steps + 5 and resumed.losses[: result.steps] == result.losses
 
 
 def test_closed_form_and_nuts_results(device):
