@@ -180,3 +180,16 @@ def test_empty_data_refused_for_closed_form():
     gmm = BayesianGMM(2, 2)
     with pytest.raises(ValueError, match=r"empty|points"):
         gmm.cavi(torch.zeros(0, 2))
+
+
+def test_amortized_encoder_with_mini_batches(device):
+    """An encoder replaces the per-point parameters, so the guide scales to any N."""
+    data = load_gmm2d(device=device).train
+    encoder = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    encoder = encoder.to(device)
+    gmm = BayesianGMM(4, 2, encoder=encoder)
+    before = encoder[0].weight.detach().clone()
+    result = fit(gmm, data, "reinforce", num_steps=30, subsample_size=64, progress=False)
+    assert not torch.equal(before, encoder[0].weight.detach())
+    assert not any("local" in name for name in pyro.get_param_store())
+    assert result.points_seen == 30 * 64
