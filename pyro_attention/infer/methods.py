@@ -275,6 +275,9 @@ class _ClosedForm(InferenceMethod):
     def guide(self, model_obj: Any) -> Callable:
         raise ValueError(f"{self.name!r} is closed-form and has no guide; call fit() instead")
 
+    def loss(self, max_plate_nesting: int | None = None) -> ELBO:
+        raise ValueError(f"{self.name!r} is closed-form and has no Pyro loss; call fit() instead")
+
     def fit(self, model_obj: Any, data: Any, **options: Any) -> FitResult:
         from pyro_attention.infer.fit import closed_form_fit
 
@@ -343,6 +346,9 @@ class NUTS(InferenceMethod):
 
     def guide(self, model_obj: Any) -> Callable:
         raise ValueError("'nuts' samples the posterior directly and has no guide; call fit()")
+
+    def loss(self, max_plate_nesting: int | None = None) -> ELBO:
+        raise ValueError("'nuts' samples the posterior directly and has no loss; call fit()")
 
     def fit(self, model_obj: Any, data: Any, **options: Any) -> FitResult:
         from pyro_attention.infer.fit import nuts_fit

@@ -174,6 +174,10 @@ def test_invalid_method_pairs_named():
         fit(gmm, data, "foo")
     with pytest.raises(ValueError, match="closed-form"):
         get_method("cavi").guide(gmm)
+    with pytest.raises(ValueError, match="no Pyro loss"):
+        get_method("em").loss()
+    with pytest.raises(ValueError, match="no guide"):
+        get_method("nuts").guide(gmm)
 
 
 def test_empty_data_refused_for_closed_form():
