@@ -220,8 +220,11 @@ def compare(
         except NonFiniteLossError as err:
             fitted = err.result
         pyro.set_rng_seed(seed)
+        draws_wanted = num_samples  # every MCMC draw is scored, so the tree reuses train_ll
+        if fitted.chains is not None:
+            draws_wanted = max(num_samples, math.prod(fitted.chains_shape()))
         row, draws, train_ll = evaluate_fit(
-            model_obj, fitted, train, test, num_samples=num_samples, grad_draws=grad_draws
+            model_obj, fitted, train, test, num_samples=draws_wanted, grad_draws=grad_draws
         )
         row["total_seconds"] = time.perf_counter() - t0
         comparison.rows.append(row)
@@ -256,10 +259,6 @@ def _write_tree(
     sample_stats = None
     if fitted.chains is not None:
         posterior, sample_dims = fitted.chains, ("chain", "draw")
-        flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in fitted.chains.items()}
-        train_ll = pointwise_log_likelihood(
-            model_obj.model, flat, train, max_plate_nesting=model_obj.max_plate_nesting
-        )
         train_ll = train_ll.reshape(*fitted.chains_shape(), *train_ll.shape[1:])
         sample_stats = {"diverging": fitted.extra["diverging"]}
     else:
