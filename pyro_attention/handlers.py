@@ -40,7 +40,8 @@ class _AlignmentRewriter(Messenger):
         msg["_alignment_rewritten"] = True
 
     def _rewrite(self, msg: dict, fn: dist.Categorical) -> None:
-        raise NotImplementedError
+        """Replace ``msg["fn"]`` (and possibly its value); each handler defines it."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _rewrite")
 
 
 def _probs(fn: dist.Categorical) -> torch.Tensor:

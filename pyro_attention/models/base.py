@@ -70,7 +70,8 @@ class AlignmentModel(PyroModule):
         )
 
     def model(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError
+        """The Pyro model; every subclass writes it."""
+        raise NotImplementedError(f"{type(self).__name__} does not define model()")
 
     # ----------------------------------------------------------------- data
     def check_data(self, data: Any) -> Any:
