@@ -45,11 +45,11 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
-from pyro.infer import TraceEnum_ELBO
 from pyro.infer.autoguide import AutoGuide, AutoNormal
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible, init_to_sample
 from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn import PyroModule, PyroParam
+from pyro.poutine.util import site_is_subsample
 
 from pyro_attention.alignment import is_alignment_site
 from pyro_attention.distributions import StraightThroughCategorical
@@ -196,15 +196,32 @@ class AutoAlignmentGuide(AutoGuide):
             if name not in sites
         }
         nesting = max((-f.dim for f in self._prototype_frames.values()), default=0)
-        model = enumerate_alignments(poutine.condition(self.model, fixed))
-        with torch.no_grad(), poutine.block():
-            marginals = TraceEnum_ELBO(max_plate_nesting=nesting).compute_marginals(
-                model, lambda *a, **k: None, *args, **kwargs
-            )
-        for name in sites:
-            posterior = marginals[name].logits
-            if posterior.shape == logits[name].shape:
-                logits[name] = posterior.detach()
+        model = poutine.enum(
+            enumerate_alignments(poutine.condition(self.model, fixed)),
+            first_available_dim=-(nesting + 1),
+        )
+        with torch.no_grad():
+            trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+            trace.compute_log_prob()
+        # log p(z, x | theta_0) summed over every enumerated and observed site; alignments are
+        # independent given the globals, so each marginal sums the other enumeration dims out
+        terms = [
+            site["log_prob"]
+            for site in trace.nodes.values()
+            if site["type"] == "sample"
+            and not site_is_subsample(site)
+            and (site["is_observed"] or site["infer"].get("_enumerate_dim") is not None)
+        ]
+        joint = functools.reduce(torch.add, terms)
+        enum_dims = {n: trace.nodes[n]["infer"]["_enumerate_dim"] for n in sites}
+        for name, dim in enum_dims.items():
+            marginal = joint
+            for other in enum_dims.values():
+                if other != dim and marginal.dim() >= -other:
+                    marginal = marginal.logsumexp(other, keepdim=True)
+            marginal = marginal.movedim(dim, -1)
+            marginal = marginal.reshape(marginal.shape[-(nesting + 1) :])
+            logits[name] = marginal.expand_as(logits[name]).clone()
         return logits
 
     def _check_prototype(self, part_trace: poutine.Trace) -> None:

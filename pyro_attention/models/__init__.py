@@ -3,5 +3,6 @@
 from pyro_attention.models.base import AlignmentModel
 from pyro_attention.models.gmm import BayesianGMM
 from pyro_attention.models.gmm_conjugate import GMMPrior
+from pyro_attention.models.seq2seq import LatentAlignmentSeq2Seq
 
-__all__ = ["AlignmentModel", "BayesianGMM", "GMMPrior"]
+__all__ = ["AlignmentModel", "BayesianGMM", "GMMPrior", "LatentAlignmentSeq2Seq"]

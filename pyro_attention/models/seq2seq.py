@@ -1,0 +1,167 @@
+"""Latent alignment sequence-to-sequence model (Deng, Kim, Chiu, Guo, Rush; NeurIPS 2018).
+
+For a source :math:`x_{1:S}` and target :math:`y_{1:T}`, with encoder states
+:math:`\\tilde x_i` (bidirectional LSTM) and decoder states :math:`h_j` (LSTM over
+:math:`y_{<j}`, teacher forcing, all positions at once):
+
+.. math::
+
+    z_j \\mid x, y_{<j} &\\sim \\mathrm{Categorical}(\\mathrm{softmax}_i\\, h_j^\\top W \\tilde x_i)
+        \\qquad(\\text{an ``alignment`` site; padded } i \\text{ masked}) \\\\
+    y_j \\mid z_j, x, y_{<j} &\\sim \\mathrm{Categorical}(\\mathrm{softmax}(
+        W_o \\tanh(W_c [\\tilde x_{z_j}; h_j])))
+
+There is no input feeding, so the :math:`z_j` are independent given :math:`x, y` and the exact
+marginal :math:`\\log p(y \\mid x) = \\sum_j \\log \\sum_i p(z_j = i)\\, p(y_j \\mid x_i, h_j)`
+costs one enumeration of ``S`` values per target token (memory ``O(S B T V)``). The emission
+reads the chosen state with :func:`~pyro_attention.alignment.attend`, so the same model runs
+with soft attention (``z_j`` replaced by its mean: :math:`\\tilde x` averaged before the MLP),
+hard attention (sampled ``z_j``), exact enumeration and relaxations. Padded target positions
+are masked out of every log-probability.
+
+Data are :class:`~pyro_attention.data.alignment_tasks.AlignmentBatch` objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from pyro_attention._validation import check_positive_int
+from pyro_attention.alignment import alignment, attend
+from pyro_attention.models.base import AlignmentModel
+
+
+class _Network(nn.Module):
+    """Encoder, decoder, alignment scores and emission of the model."""
+
+    def __init__(self, source_vocab: int, target_vocab: int, embed: int, hidden: int) -> None:
+        super().__init__()
+        self.source_embed = nn.Embedding(source_vocab, embed, padding_idx=0)
+        self.encoder = nn.LSTM(embed, hidden, batch_first=True, bidirectional=True)
+        self.encoder_out = nn.Linear(2 * hidden, hidden)
+        self.target_embed = nn.Embedding(target_vocab, embed, padding_idx=0)
+        self.decoder = nn.LSTM(embed, hidden, batch_first=True)
+        self.score = nn.Linear(hidden, hidden, bias=False)
+        self.combine = nn.Linear(2 * hidden, hidden)
+        self.output = nn.Linear(hidden, target_vocab)
+
+
+class LatentAlignmentSeq2Seq(AlignmentModel):
+    """Sequence-to-sequence model whose attention is a latent alignment per target token.
+
+    :param source_vocab_size: source vocabulary size (id 0 is padding).
+    :param target_vocab_size: target vocabulary size (id 0 is padding).
+    :param embed_dim: token embedding size.
+    :param hidden_dim: LSTM and MLP width.
+    """
+
+    name: ClassVar[str] = "seq2seq"
+    max_plate_nesting: ClassVar[int] = 2
+    data_plate: ClassVar[str] = "batch"
+
+    def __init__(
+        self,
+        source_vocab_size: int,
+        target_vocab_size: int,
+        embed_dim: int = 32,
+        hidden_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        self.source_vocab_size = check_positive_int(source_vocab_size, "source_vocab_size")
+        self.target_vocab_size = check_positive_int(target_vocab_size, "target_vocab_size")
+        self.net = _Network(
+            source_vocab_size,
+            target_vocab_size,
+            check_positive_int(embed_dim, "embed_dim"),
+            check_positive_int(hidden_dim, "hidden_dim"),
+        )
+
+    # ------------------------------------------------------------------ pieces
+    def encode(self, source: torch.Tensor) -> torch.Tensor:
+        """Encoder states :math:`\\tilde x`, ``(B, S, H)``."""
+        states, _ = self.net.encoder(self.net.source_embed(source))
+        return self.net.encoder_out(states)
+
+    def decode(self, target_in: torch.Tensor) -> torch.Tensor:
+        """Decoder states :math:`h_j` from :math:`y_{<j}` (teacher forcing), ``(B, T, H)``."""
+        states, _ = self.net.decoder(self.net.target_embed(target_in))
+        return states
+
+    def prior_logits(self, decoder: torch.Tensor, encoder: torch.Tensor) -> torch.Tensor:
+        """Alignment scores :math:`h_j^\\top W \\tilde x_i`, ``(B, T, S)`` (unmasked)."""
+        return self.net.score(decoder) @ encoder.transpose(-1, -2)
+
+    def emission_logits(self, context: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
+        """Next-token logits from the attended source state and the decoder state.
+
+        Shapes broadcast: ``context (..., B, T or 1, H)`` with ``decoder (B, T, H)``.
+        """
+        context, decoder = torch.broadcast_tensors(context, decoder)
+        hidden = torch.tanh(self.net.combine(torch.cat([context, decoder], -1)))
+        return self.net.output(hidden)
+
+    # ------------------------------------------------------------------ model
+    def model(self, batch: Any) -> None:
+        """The generative model of the target tokens of ``batch`` given its sources."""
+        pyro.module("seq2seq", self.net)
+        encoder = self.encode(batch.source)  # (B, S, H)
+        decoder = self.decode(batch.target_in)  # (B, T, H)
+        logits = self.prior_logits(decoder, encoder)  # alignment() softmaxes in >= float32
+        num_batch, num_target = batch.target.shape
+        mask = batch.source_mask.unsqueeze(-2).expand_as(logits)
+        with (
+            pyro.plate(self.data_plate, num_batch, dim=-2),
+            pyro.plate("position", num_target, dim=-1),
+            poutine.mask(mask=batch.target_mask),
+        ):
+            z = alignment("alignment", logits, mask=mask)
+            context = attend(encoder.unsqueeze(-3), z)
+            emission = self.emission_logits(context, decoder)
+            pyro.sample("target", dist.Categorical(logits=emission), obs=batch.target)
+
+    # ------------------------------------------------------------------ data
+    def check_data(self, batch: Any) -> Any:
+        """Refuse mismatched batch sizes, empty batches, all-padding rows, ids out of range."""
+        for name in ("source", "source_mask", "target", "target_in", "target_mask"):
+            if not hasattr(batch, name):
+                raise TypeError(f"data must be an AlignmentBatch; it has no field {name!r}")
+        source, target = batch.source, batch.target
+        if source.dim() != 2 or target.dim() != 2:
+            raise ValueError(
+                f"source and target must be (batch, length), got {tuple(source.shape)} and "
+                f"{tuple(target.shape)}"
+            )
+        if source.shape[0] != target.shape[0]:
+            raise ValueError(
+                f"source has {source.shape[0]} rows but target has {target.shape[0]}; "
+                "batch them together"
+            )
+        if source.shape[0] == 0 or source.shape[1] == 0 or target.shape[1] == 0:
+            raise ValueError("the batch is empty; pass at least one example with tokens")
+        if not batch.source_mask.any(-1).all():
+            raise ValueError("a source row is all padding; drop empty examples")
+        for name, ids, size in (
+            ("source", source, self.source_vocab_size),
+            ("target", target, self.target_vocab_size),
+            ("target_in", batch.target_in, self.target_vocab_size),
+        ):
+            if ids.min() < 0 or ids.max() >= size:
+                raise ValueError(
+                    f"{name} has token ids outside [0, {size}); build the model with the "
+                    "dataset's vocabulary sizes"
+                )
+        return batch
+
+    def num_points(self, batch: Any) -> int:
+        """Target tokens (the unit of perplexity)."""
+        return int(batch.target_mask.sum())
+
+    def local_features(self, plates: dict, batch: Any, **kwargs: Any) -> torch.Tensor:
+        """Decoder states ``(B, T, H)`` (inputs of neural baselines)."""
+        return self.decode(batch.target_in).detach()

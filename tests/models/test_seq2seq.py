@@ -1,0 +1,93 @@
+"""The latent alignment seq2seq model: exact marginal, masks, every method's path, bad input."""
+
+import itertools
+
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, TraceEnum_ELBO
+from pyro.optim import ClippedAdam
+
+from pyro_attention.data import get_task, make_alignment_dataset
+from pyro_attention.guides import AutoAlignmentGuide
+from pyro_attention.infer import get_method
+from pyro_attention.infer.methods import enumerate_alignments
+from pyro_attention.models.seq2seq import LatentAlignmentSeq2Seq
+
+
+def tiny(device, dtype=torch.float64):
+    task = get_task("reverse", alphabet_size=5, min_length=2, max_length=4)
+    data = make_alignment_dataset(task, num_train=3, num_valid=1, num_test=1, seed=3)
+    batch = data.tensors("train", device=device)
+    assert batch.source.shape[0] == 3 and not batch.source_mask.all()  # padding is exercised
+    model = LatentAlignmentSeq2Seq(len(data.source_vocab), len(data.target_vocab), 8, 12)
+    model.net.to(device=device, dtype=dtype)
+    return model, batch
+
+
+def brute_force_log_marginal(model, batch):
+    """log p(y | x) by summing over every joint alignment of each example's target tokens."""
+    encoder = model.encode(batch.source)
+    decoder = model.decode(batch.target_in)
+    total = 0.0
+    for b in range(batch.source.shape[0]):
+        S = int(batch.source_mask[b].sum())
+        T = int(batch.target_mask[b].sum())
+        prior = torch.log_softmax(model.prior_logits(decoder[b], encoder[b])[:T, :S], -1)
+        terms = []
+        for z in itertools.product(range(S), repeat=T):
+            log_p = 0.0
+            for j, i in enumerate(z):
+                emission = model.emission_logits(encoder[b, i], decoder[b, j])
+                log_p = log_p + prior[j, i] + torch.log_softmax(emission, -1)[batch.target[b, j]]
+            terms.append(log_p)
+        total = total + torch.stack(terms).logsumexp(0)
+    return total
+
+
+def test_exact_marginal_equals_brute_force(device):
+    model, batch = tiny(device)
+    loss = TraceEnum_ELBO(max_plate_nesting=2).loss(
+        enumerate_alignments(model.model), lambda batch: None, batch
+    )
+    expected = brute_force_log_marginal(model, batch)
+    assert -loss == pytest.approx(expected.item(), rel=1e-9, abs=1e-9)
+
+
+def test_padding_gets_no_mass_and_no_likelihood(device):
+    model, batch = tiny(device)
+    trace = poutine.trace(model.model).get_trace(batch)
+    probs = trace.nodes["alignment"]["fn"].probs
+    assert torch.all(probs.masked_select(~batch.source_mask.unsqueeze(1).expand_as(probs)) == 0)
+    loss = TraceEnum_ELBO(max_plate_nesting=2).loss(
+        enumerate_alignments(model.model), lambda batch: None, batch
+    )
+    changed = batch._replace(target=torch.where(batch.target_mask, batch.target, 5))
+    loss_changed = TraceEnum_ELBO(max_plate_nesting=2).loss(
+        enumerate_alignments(model.model), lambda batch: None, changed
+    )
+    assert loss == pytest.approx(loss_changed, rel=1e-12)
+
+
+@pytest.mark.parametrize("method", ["enum", "soft", "hard", "reinforce", "vi-enum", "gumbel"])
+def test_every_method_takes_steps(device, method):
+    model, batch = tiny(device, torch.float32)
+    m = get_method(method)
+    guide = AutoAlignmentGuide(model.model, m, local_features=model.local_features)
+    svi = SVI(m.prepare(model.model), guide, ClippedAdam({"lr": 0.01}), m.loss(2))
+    losses = [svi.step(batch) for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_bad_batches_refused(device):
+    model, batch = tiny(device)
+    with pytest.raises(ValueError, match="rows"):
+        model.check_data(batch._replace(target=batch.target[:1]))
+    with pytest.raises(ValueError, match="outside"):
+        model.check_data(batch._replace(target=batch.target + 1000))
+    with pytest.raises(ValueError, match="all padding"):
+        model.check_data(batch._replace(source_mask=torch.zeros_like(batch.source_mask)))
+    with pytest.raises(ValueError, match="empty"):
+        model.check_data(batch._replace(source=batch.source[:0], target=batch.target[:0]))
+    with pytest.raises(TypeError, match="AlignmentBatch"):
+        model.check_data(batch.source)
