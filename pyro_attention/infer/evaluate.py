@@ -79,20 +79,22 @@ def pointwise_log_likelihood(
     summed and log-sum-exp'ed over the enumeration dims.
 
     :param model: the model function (batch-safe: globals ``.to_event``, ``Vindex`` indexing).
-    :param samples: ``{site: (S, *site_shape)}``, all global latent sites.
+    :param samples: ``{site: (S, *site_shape)}``, all global latent sites (``{}`` for a model
+        without global latents: one "draw").
     :param args: the model's arguments (the data).
     :param max_plate_nesting: the model's plate nesting.
     :param chunk_size: draws evaluated at once (caps memory at ``chunk × K × N``).
     :param return_log_prior: also return :math:`\\log p(\\theta_s)`, shape ``(S,)``.
-    :returns: ``(S, *plate_shape)``, e.g. ``(S, N)`` for one plate of ``N`` points.
+    :returns: ``(S, *plate_shape)``, e.g. ``(S, N)`` for one plate of ``N`` points; entries
+        that the model masks out (``poutine.mask``, e.g. padding) are 0.
     """
     shapes = _site_shapes(model, samples, *args, **kwargs)
     missing = [n for n, (_, b) in shapes.items() if n not in samples]
-    num = next(iter(samples.values())).shape[0]
+    num = next(iter(samples.values())).shape[0] if samples else 1
     pointwise, priors = [], []
     for lo in range(0, num, chunk_size):
         chunk = {k: v[lo : lo + chunk_size] for k, v in samples.items()}
-        size = next(iter(chunk.values())).shape[0]
+        size = min(chunk_size, num - lo)
         conditioned = poutine.condition(model, _pad(chunk, shapes, max_plate_nesting))
         enumerated = poutine.enum(
             config_enumerate(conditioned), first_available_dim=-(max_plate_nesting + 2)
@@ -100,7 +102,7 @@ def pointwise_log_likelihood(
         with pyro.plate(_PARTICLES, size, dim=-(max_plate_nesting + 1)):
             trace = poutine.trace(enumerated).get_trace(*args, **kwargs)
         trace.compute_log_prob()
-        local, prior = 0.0, torch.zeros(size)
+        local, prior, keep = 0.0, torch.zeros(size), None
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or name == _PARTICLES or site_is_subsample(site):
                 continue
@@ -108,6 +110,8 @@ def pointwise_log_likelihood(
                 prior = prior.to(site["log_prob"]) + site["log_prob"].reshape(size, -1).sum(-1)
             elif site["is_observed"] or site["infer"].get("_enumerate_dim") is not None:
                 local = local + site["log_prob"]
+                if site["is_observed"] and isinstance(site["mask"], torch.Tensor):
+                    keep = site["mask"] if keep is None else keep | site["mask"]
             elif name in missing:
                 raise ValueError(
                     f"latent site {name!r} is neither enumerable nor in the posterior draws; "
@@ -116,6 +120,8 @@ def pointwise_log_likelihood(
         local = torch.as_tensor(local)
         width = max_plate_nesting + 1
         local = local.reshape((-1,) + local.shape[-width:]).logsumexp(0)
+        if keep is not None:  # masked cells sum to log K over their enumerated values: zero them
+            local = local.masked_fill(~keep.expand(local.shape[1:]), 0.0)
         pointwise.append(local)
         priors.append(prior)
     out = torch.cat(pointwise)

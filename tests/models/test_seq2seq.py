@@ -11,6 +11,7 @@ from pyro.optim import ClippedAdam
 from pyro_attention.data import get_task, make_alignment_dataset
 from pyro_attention.guides import AutoAlignmentGuide
 from pyro_attention.infer import get_method
+from pyro_attention.infer.evaluate import pointwise_log_likelihood
 from pyro_attention.infer.methods import enumerate_alignments
 from pyro_attention.models.seq2seq import LatentAlignmentSeq2Seq
 
@@ -91,3 +92,14 @@ def test_bad_batches_refused(device):
         model.check_data(batch._replace(source=batch.source[:0], target=batch.target[:0]))
     with pytest.raises(TypeError, match="AlignmentBatch"):
         model.check_data(batch.source)
+
+
+def test_method_independent_evaluator_on_sequences(device):
+    """Per-token log-likelihoods by enumeration: padding is 0 and the sum is the exact marginal."""
+    model, batch = tiny(device)
+    pointwise = pointwise_log_likelihood(model.model, {}, batch, max_plate_nesting=2)
+    assert pointwise.shape == (1, *batch.target.shape)
+    assert torch.all(pointwise[0][~batch.target_mask] == 0)
+    assert pointwise.sum().item() == pytest.approx(
+        brute_force_log_marginal(model, batch).item(), rel=1e-9
+    )
