@@ -34,9 +34,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -95,6 +96,9 @@ class AutoAlignmentGuide(AutoGuide):
         logits`` (a ``torch.nn.Module`` is registered with ``pyro.module``).
     :param local_features: optional ``local_features(plates, *args, **kwargs) -> Tensor``,
         per-site inputs for neural baselines (for a mixture: the subsampled data points).
+    :param local_mask: optional ``local_mask(site_name, *args, **kwargs) -> bool Tensor``, the
+        mask the model applies to an alignment site (e.g. target padding); the guide masks its
+        site the same way, so padded positions add no ``log q`` to the ELBO.
     :param init_loc_fn: initialisation of the global guide (Pyro's ``init_to_*`` functions).
     :param init_scale: initial scale of the default ``AutoNormal``.
     :param init_local: ``"posterior"`` (default) starts each local categorical at the
@@ -111,6 +115,7 @@ class AutoAlignmentGuide(AutoGuide):
         global_guide: Callable[[Callable], AutoGuide] | None = None,
         encoder: Callable | None = None,
         local_features: Callable | None = None,
+        local_mask: Callable | None = None,
         init_loc_fn: Callable = init_to_feasible,
         init_scale: float = 0.1,
         init_local: str = "posterior",
@@ -120,6 +125,7 @@ class AutoAlignmentGuide(AutoGuide):
         self.method = _as_method(method)
         self.kind = self.method.alignment_guide
         self.local_features = local_features
+        self.local_mask = local_mask
         self._global_guide_factory = global_guide
         self._init_loc_fn = init_loc_fn
         self._init_scale = init_scale
@@ -260,15 +266,27 @@ class AutoAlignmentGuide(AutoGuide):
             if self.encoder is not None and isinstance(self.encoder, torch.nn.Module):
                 pyro.module("alignment_encoder", self.encoder)
             for name, site in self.alignment_sites.items():
-                with ExitStack() as stack:
-                    for frame in site["cond_indep_stack"]:
-                        if frame.vectorized:
-                            stack.enter_context(plates[frame.name])
+                with self._site_context(name, site, plates, args, kwargs):
                     params = self._local_params(name, site, plates, args, kwargs)
                     fn = self._local_dist(params)
                     infer = self._infer(name, fn.batch_shape, plates, args, kwargs)
                     result[name] = pyro.sample(name, fn, infer=infer)
         return result
+
+    @contextlib.contextmanager
+    def _site_context(
+        self, name: str, site: dict, plates: dict, args: tuple, kwargs: dict
+    ) -> Iterator[None]:
+        """The plates of an alignment site, and the model's mask of it."""
+        with ExitStack() as stack:
+            for frame in site["cond_indep_stack"]:
+                if frame.vectorized:
+                    stack.enter_context(plates[frame.name])
+            if self.local_mask is not None:
+                mask = self.local_mask(name, *args, **kwargs)
+                if mask is not None:
+                    stack.enter_context(poutine.mask(mask=mask))
+            yield
 
     def _local_params(
         self, name: str, site: dict, plates: dict, args: tuple, kwargs: dict
@@ -328,10 +346,7 @@ class AutoAlignmentGuide(AutoGuide):
         )
         result = {}
         for name, site in self.alignment_sites.items():
-            with ExitStack() as stack:
-                for frame in site["cond_indep_stack"]:
-                    if frame.vectorized:
-                        stack.enter_context(plates[frame.name])
+            with self._site_context(name, site, plates, args, kwargs):
                 fn = model_trace.nodes[name]["fn"]
                 infer = self._infer(name, fn.batch_shape, plates, args, kwargs)
                 result[name] = pyro.sample(name, fn, infer=infer)

@@ -49,6 +49,9 @@ class Baseline:
 class DecayingAverageBaseline(Baseline):
     """:math:`b_t = \\beta b_{t-1} + (1 - \\beta) f_t`, tracked by Pyro per site.
 
+    Pyro keeps one running value per element of the site, so the site's shape must not change
+    between steps (fixed data or fixed-size subsamples; not variable-length sequence batches).
+
     :param beta: decay in ``[0, 1)``.
     """
 

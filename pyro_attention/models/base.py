@@ -30,8 +30,10 @@ class AlignmentModel(PyroModule):
 
     Subclasses write ``model(data, *, subsample_size=None)`` with a data plate named
     :attr:`data_plate` and may override :attr:`supported_methods`, :meth:`initialize`,
-    :meth:`local_features` and :meth:`check_data`; closed-form methods are methods named after
-    them (``cavi(data, ...)``, ``em(data, ...)``).
+    :meth:`local_features` and :meth:`check_data`. They define ``create_plates(*args)`` when the
+    plate sizes change between calls (mini-batches of sequences) and ``local_mask(name, *args)``
+    when the model masks its alignment sites. Closed-form methods are methods named after them
+    (``cavi(data, ...)``, ``em(data, ...)``).
     """
 
     #: short name used in outputs and the CLI
@@ -67,6 +69,8 @@ class AlignmentModel(PyroModule):
             init_loc_fn=self.init_loc_fn(),
             encoder=self.encoder,
             local_features=self.local_features,
+            local_mask=getattr(self, "local_mask", None),
+            create_plates=getattr(self, "create_plates", None),
         )
 
     def model(self, *args: Any, **kwargs: Any) -> None:

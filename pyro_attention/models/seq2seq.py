@@ -33,7 +33,7 @@ from pyro import poutine
 from torch import nn
 
 from pyro_attention._validation import check_positive_int
-from pyro_attention.alignment import alignment, attend
+from pyro_attention.alignment import alignment, attend, masked_logits
 from pyro_attention.models.base import AlignmentModel
 
 
@@ -52,6 +52,30 @@ class _Network(nn.Module):
         self.output = nn.Linear(hidden, target_vocab)
 
 
+class InferenceNetwork(nn.Module):
+    """Amortized posterior :math:`q(z_j = i \\mid x, y) \\propto \\exp(u_j^\\top V s_i)`.
+
+    Bidirectional LSTMs over the source (:math:`s_i`) and over the *whole* target
+    (:math:`u_j`, so ``q`` sees the future tokens the prior cannot), and a bilinear score
+    (Deng et al. 2018, App. B). Padded source positions get no mass. Called by the autoguide as
+    ``network(site_name, plates, batch) -> logits (B, T, S)``.
+    """
+
+    def __init__(self, source_vocab: int, target_vocab: int, embed: int, hidden: int) -> None:
+        super().__init__()
+        self.source_embed = nn.Embedding(source_vocab, embed, padding_idx=0)
+        self.source_rnn = nn.LSTM(embed, hidden, batch_first=True, bidirectional=True)
+        self.target_embed = nn.Embedding(target_vocab, embed, padding_idx=0)
+        self.target_rnn = nn.LSTM(embed, hidden, batch_first=True, bidirectional=True)
+        self.bilinear = nn.Linear(2 * hidden, 2 * hidden, bias=False)
+
+    def forward(self, name: str, plates: dict, batch: Any, **kwargs: Any) -> torch.Tensor:
+        source, _ = self.source_rnn(self.source_embed(batch.source))
+        target, _ = self.target_rnn(self.target_embed(batch.target))
+        logits = self.bilinear(target) @ source.transpose(-1, -2)
+        return masked_logits(logits, batch.source_mask.unsqueeze(-2).expand_as(logits))
+
+
 class LatentAlignmentSeq2Seq(AlignmentModel):
     """Sequence-to-sequence model whose attention is a latent alignment per target token.
 
@@ -59,6 +83,9 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
     :param target_vocab_size: target vocabulary size (id 0 is padding).
     :param embed_dim: token embedding size.
     :param hidden_dim: LSTM and MLP width.
+    :param inference_network: give the guides of ``reinforce``, ``vi-enum``, ``rws``, ``gumbel``
+        and ``dirichlet`` the amortized :class:`InferenceNetwork` (default True: per-example
+        parameters cannot follow changing mini-batches).
     """
 
     name: ClassVar[str] = "seq2seq"
@@ -71,16 +98,28 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
         target_vocab_size: int,
         embed_dim: int = 32,
         hidden_dim: int = 64,
+        inference_network: bool = True,
     ) -> None:
         super().__init__()
         self.source_vocab_size = check_positive_int(source_vocab_size, "source_vocab_size")
         self.target_vocab_size = check_positive_int(target_vocab_size, "target_vocab_size")
-        self.net = _Network(
+        sizes = (
             source_vocab_size,
             target_vocab_size,
             check_positive_int(embed_dim, "embed_dim"),
             check_positive_int(hidden_dim, "hidden_dim"),
         )
+        self.net = _Network(*sizes)
+        if inference_network:
+            self.encoder = InferenceNetwork(*sizes)
+
+    def create_plates(self, batch: Any, **kwargs: Any) -> list[pyro.plate]:
+        """The plates of one batch (its shape changes from batch to batch)."""
+        num_batch, num_target = batch.target.shape
+        return [
+            pyro.plate(self.data_plate, num_batch, dim=-2),
+            pyro.plate("position", num_target, dim=-1),
+        ]
 
     # ------------------------------------------------------------------ pieces
     def encode(self, source: torch.Tensor) -> torch.Tensor:
@@ -113,13 +152,9 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
         encoder = self.encode(batch.source)  # (B, S, H)
         decoder = self.decode(batch.target_in)  # (B, T, H)
         logits = self.prior_logits(decoder, encoder)  # alignment() softmaxes in >= float32
-        num_batch, num_target = batch.target.shape
         mask = batch.source_mask.unsqueeze(-2).expand_as(logits)
-        with (
-            pyro.plate(self.data_plate, num_batch, dim=-2),
-            pyro.plate("position", num_target, dim=-1),
-            poutine.mask(mask=batch.target_mask),
-        ):
+        batch_plate, position_plate = self.create_plates(batch)
+        with batch_plate, position_plate, poutine.mask(mask=batch.target_mask):
             z = alignment("alignment", logits, mask=mask)
             context = attend(encoder.unsqueeze(-3), z)
             emission = self.emission_logits(context, decoder)
@@ -161,6 +196,10 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
     def num_points(self, batch: Any) -> int:
         """Target tokens (the unit of perplexity)."""
         return int(batch.target_mask.sum())
+
+    def local_mask(self, name: str, batch: Any, **kwargs: Any) -> torch.Tensor:
+        """The model masks padded target positions; guides mask their alignments the same way."""
+        return batch.target_mask
 
     def local_features(self, plates: dict, batch: Any, **kwargs: Any) -> torch.Tensor:
         """Decoder states ``(B, T, H)`` (inputs of neural baselines)."""

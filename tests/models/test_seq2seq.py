@@ -10,7 +10,7 @@ from pyro.optim import ClippedAdam
 
 from pyro_attention.data import get_task, make_alignment_dataset
 from pyro_attention.guides import AutoAlignmentGuide
-from pyro_attention.infer import get_method
+from pyro_attention.infer import Baseline, Reinforce, get_method
 from pyro_attention.infer.evaluate import pointwise_log_likelihood
 from pyro_attention.infer.methods import enumerate_alignments
 from pyro_attention.models.seq2seq import LatentAlignmentSeq2Seq
@@ -22,7 +22,7 @@ def tiny(device, dtype=torch.float64):
     batch = data.tensors("train", device=device)
     assert batch.source.shape[0] == 3 and not batch.source_mask.all()  # padding is exercised
     model = LatentAlignmentSeq2Seq(len(data.source_vocab), len(data.target_vocab), 8, 12)
-    model.net.to(device=device, dtype=dtype)
+    model.to(device=device, dtype=dtype)
     return model, batch
 
 
@@ -103,3 +103,55 @@ def test_method_independent_evaluator_on_sequences(device):
     assert pointwise.sum().item() == pytest.approx(
         brute_force_log_marginal(model, batch).item(), rel=1e-9
     )
+
+
+def test_vi_enum_elbo_never_exceeds_exact_marginal(device):
+    """Before and while training (model and guide both move), ELBO <= log p(y | x)."""
+    model, batch = tiny(device)
+    method = get_method("vi-enum")
+    guide = model.guide(method)
+    svi = SVI(method.prepare(model.model), guide, ClippedAdam({"lr": 0.05}), method.loss(2))
+    exact_loss = TraceEnum_ELBO(max_plate_nesting=2)
+    for _ in range(5):
+        exact = -exact_loss.loss(enumerate_alignments(model.model), lambda batch: None, batch)
+        assert -svi.evaluate_loss(batch) <= exact + 1e-9
+        svi.step(batch)
+
+
+def test_inference_network_follows_changing_batches(device):
+    data = make_alignment_dataset("reverse", num_train=16, num_valid=1, num_test=1, seed=1)
+    model = LatentAlignmentSeq2Seq(len(data.source_vocab), len(data.target_vocab), 8, 12)
+    model.to(device)
+    method = Reinforce(baseline=Baseline())  # a running average cannot follow changing shapes
+    guide = model.guide(method)
+    svi = SVI(method.prepare(model.model), guide, ClippedAdam({"lr": 0.05}), method.loss(2))
+    shapes = set()
+    for batch in data.batches("train", batch_size=5, device=device):
+        shapes.add(tuple(batch.target.shape))
+        assert torch.isfinite(torch.tensor(svi.step(batch)))
+    assert len(shapes) > 1  # the batches really differ in shape
+    trained = model.encoder.bilinear.weight
+    assert trained.grad is None or torch.isfinite(trained).all()
+    q = poutine.trace(guide).get_trace(batch).nodes["alignment"]["fn"].probs
+    source_padding = ~batch.source_mask.unsqueeze(1).expand_as(q)
+    assert torch.all(q[source_padding] < 1e-30)
+
+
+def test_vi_enum_elbo_equals_brute_force_over_real_tokens(device):
+    """The guide masks padded targets as the model does: they add no entropy to the ELBO."""
+    model, batch = tiny(device)
+    guide = model.guide(get_method("vi-enum"))
+    elbo = -TraceEnum_ELBO(max_plate_nesting=2).loss(model.model, guide, batch)
+    encoder, decoder = model.encode(batch.source), model.decode(batch.target_in)
+    log_q = torch.log_softmax(model.encoder("alignment", None, batch), -1)
+    source_mask = batch.source_mask.unsqueeze(1)
+    log_prior = torch.log_softmax(
+        model.prior_logits(decoder, encoder).masked_fill(~source_mask, -1e30), -1
+    )
+    expected = 0.0
+    for b, j in batch.target_mask.nonzero().tolist():
+        for i in batch.source_mask[b].nonzero().flatten().tolist():
+            emission = torch.log_softmax(model.emission_logits(encoder[b, i], decoder[b, j]), -1)
+            log_joint = log_prior[b, j, i] + emission[batch.target[b, j]]
+            expected = expected + log_q[b, j, i].exp() * (log_joint - log_q[b, j, i])
+    assert elbo == pytest.approx(expected.item(), rel=1e-9)
