@@ -7,6 +7,7 @@ writing them leaves the user's backend (e.g. inline plots in Jupyter) alone.
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +27,17 @@ def plot_objective_traces(comparison: Any, num_points: int) -> Any:
     """Training objective per data point against step, one line per method."""
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
-    for name, fitted in comparison.fits.items():
-        if fitted.losses:
-            steps = range(1, len(fitted.losses) + 1)
-            ax.plot(steps, [-v / num_points for v in fitted.losses], label=name, lw=1)
-    traces = [[-v / num_points for v in f.losses] for f in comparison.fits.values() if f.losses]
+    traces = {
+        name: [-v / num_points for v in fitted.losses]
+        for name, fitted in comparison.fits.items()
+        if fitted.losses
+    }
+    for name, trace in traces.items():
+        ax.plot(range(1, len(trace) + 1), trace, label=name, lw=1)
     if traces:  # zoom on where the methods end up, not on the first steps of a slow starter
-        finals = [
-            sorted(t[-max(1, len(t) // 10) :])[len(t[-max(1, len(t) // 10) :]) // 2] for t in traces
-        ]
+        finals = [statistics.median(t[-max(1, len(t) // 10) :]) for t in traces.values()]
         spread = max(max(finals) - min(finals), 0.5)
-        ax.set_ylim(min(finals) - spread, max(max(t) for t in traces) + 0.1 * spread)
+        ax.set_ylim(min(finals) - spread, max(max(t) for t in traces.values()) + 0.1 * spread)
     ax.set_xscale("log")
     ax.set_xlabel("step / iteration")
     ax.set_ylabel("objective per point (ELBO, bound or log-lik)")

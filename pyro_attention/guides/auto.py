@@ -50,10 +50,10 @@ from pyro.infer.autoguide import AutoGuide, AutoNormal
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible, init_to_sample
 from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn import PyroModule, PyroParam
-from pyro.poutine.util import site_is_subsample
 
 from pyro_attention.alignment import is_alignment_site
 from pyro_attention.distributions import StraightThroughCategorical
+from pyro_attention.infer.evaluate import local_log_joint
 from pyro_attention.infer.methods import enumerate_alignments
 
 ALIGNMENT_GUIDE_KINDS = (
@@ -209,16 +209,9 @@ class AutoAlignmentGuide(AutoGuide):
         with torch.no_grad():
             trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
             trace.compute_log_prob()
-        # log p(z, x | theta_0) summed over every enumerated and observed site; alignments are
-        # independent given the globals, so each marginal sums the other enumeration dims out
-        terms = [
-            site["log_prob"]
-            for site in trace.nodes.values()
-            if site["type"] == "sample"
-            and not site_is_subsample(site)
-            and (site["is_observed"] or site["infer"].get("_enumerate_dim") is not None)
-        ]
-        joint = functools.reduce(torch.add, terms)
+        # log p(z, x | theta_0) for every enumerated value; alignments are independent given
+        # the globals, so each marginal sums the other enumeration dims out
+        joint, _ = local_log_joint(trace, exclude=set(fixed))
         enum_dims = {n: trace.nodes[n]["infer"]["_enumerate_dim"] for n in sites}
         for name, dim in enum_dims.items():
             marginal = joint

@@ -63,6 +63,30 @@ def _pad(samples: dict[str, torch.Tensor], shapes: dict, nesting: int) -> dict[s
     return padded
 
 
+def local_log_joint(
+    trace: poutine.Trace, exclude: set[str] | frozenset[str] = frozenset()
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sum of the log-probabilities of the observed and enumerated sites of a trace.
+
+    Run on a trace made under ``poutine.enum`` (after ``trace.compute_log_prob()``), it is
+    :math:`\\log p(x, z \\mid \\theta)` for every enumerated value of every alignment, with the
+    enumeration dims on the left of the plate dims.
+
+    :param trace: the enumerated trace.
+    :param exclude: sites to leave out (e.g. the conditioned globals).
+    :returns: the sum, and the union of the observed sites' masks (``None`` if unmasked).
+    """
+    total, keep = 0.0, None
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or name in exclude or site_is_subsample(site):
+            continue
+        if site["is_observed"] or site["infer"].get("_enumerate_dim") is not None:
+            total = total + site["log_prob"]
+            if site["is_observed"] and isinstance(site["mask"], torch.Tensor):
+                keep = site["mask"] if keep is None else keep | site["mask"]
+    return torch.as_tensor(total), keep
+
+
 def pointwise_log_likelihood(
     model: Callable,
     samples: dict[str, torch.Tensor],
@@ -89,7 +113,7 @@ def pointwise_log_likelihood(
         that the model masks out (``poutine.mask``, e.g. padding) are 0.
     """
     shapes = _site_shapes(model, samples, *args, **kwargs)
-    missing = [n for n, (_, b) in shapes.items() if n not in samples]
+    missing = [name for name in shapes if name not in samples]
     num = next(iter(samples.values())).shape[0] if samples else 1
     pointwise, priors = [], []
     for lo in range(0, num, chunk_size):
@@ -102,22 +126,17 @@ def pointwise_log_likelihood(
         with pyro.plate(_PARTICLES, size, dim=-(max_plate_nesting + 1)):
             trace = poutine.trace(enumerated).get_trace(*args, **kwargs)
         trace.compute_log_prob()
-        local, prior, keep = 0.0, torch.zeros(size), None
+        prior = torch.zeros(size)
+        for name in chunk:
+            log_prob = trace.nodes[name]["log_prob"]
+            prior = prior.to(log_prob) + log_prob.reshape(size, -1).sum(-1)
         for name, site in trace.nodes.items():
-            if site["type"] != "sample" or name == _PARTICLES or site_is_subsample(site):
-                continue
-            if name in chunk:
-                prior = prior.to(site["log_prob"]) + site["log_prob"].reshape(size, -1).sum(-1)
-            elif site["is_observed"] or site["infer"].get("_enumerate_dim") is not None:
-                local = local + site["log_prob"]
-                if site["is_observed"] and isinstance(site["mask"], torch.Tensor):
-                    keep = site["mask"] if keep is None else keep | site["mask"]
-            elif name in missing:
+            if name in missing and site["infer"].get("_enumerate_dim") is None:
                 raise ValueError(
                     f"latent site {name!r} is neither enumerable nor in the posterior draws; "
                     "pointwise log-likelihood needs every local latent to be discrete"
                 )
-        local = torch.as_tensor(local)
+        local, keep = local_log_joint(trace, exclude=set(chunk) | {_PARTICLES})
         width = max_plate_nesting + 1
         local = local.reshape((-1,) + local.shape[-width:]).logsumexp(0)
         if keep is not None:  # masked cells sum to log K over their enumerated values: zero them
