@@ -15,11 +15,14 @@ with :math:`L` lower-triangular, :math:`L_{ii} = e^{x_{ii}}`. Its log-Jacobian i
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import pyro.distributions as dist
 import torch
 from torch.distributions import biject_to, constraints, transform_to
 from torch.distributions.transforms import Transform
+
+_NO_SAMPLE_SHAPE = torch.Size()
 
 
 class _PositiveDefiniteMatrix(constraints._PositiveDefinite):
@@ -128,3 +131,53 @@ class StraightThroughCategorical(dist.RelaxedOneHotCategoricalStraightThrough):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return (value * torch.log_softmax(self.logits, -1)).sum(-1)
+
+
+class ClampedDirichlet(dist.Dirichlet):
+    """A Dirichlet whose reparameterized draws keep tiny coordinates out of the gradient.
+
+    With small concentrations many draws have coordinates near 0, where
+    :math:`\\partial \\log p / \\partial z = (\\alpha - 1)/z` overflows float32; training the
+    Dirichlet relaxation of a pre-trained (peaked) seq2seq model then hit NaN gradients
+    (``_DirichletBackward``: ``inf * 0``) within 100 steps. Draws are made in float64, cast
+    back, clamped to ``[eps, 1]`` (the clamped coordinates get no gradient; ``eps`` is the
+    dtype's machine epsilon) and renormalised.
+    """
+
+    def rsample(self, sample_shape: torch.Size = _NO_SAMPLE_SHAPE) -> torch.Tensor:
+        concentration = self.concentration
+        shape = self._extended_shape(sample_shape)
+        wide = concentration.double().expand(shape)
+        value = torch.distributions.dirichlet._Dirichlet.apply(wide).to(concentration.dtype)
+        value = value.clamp(min=torch.finfo(value.dtype).eps)
+        return value / value.sum(-1, keepdim=True)
+
+
+class ObservedLogProb(dist.TorchDistribution):
+    """The distribution of an observation whose log-likelihood is already computed.
+
+    ``log_prob(value)`` returns the given tensor (``value`` must be the observation it was
+    computed for); used to score observations whose likelihood was computed in memory-capped
+    chunks. It cannot be sampled.
+
+    :param log_prob: ``batch_shape`` log-likelihoods of the observed values.
+    """
+
+    arg_constraints: ClassVar[dict] = {}
+    support = constraints.real
+
+    def __init__(self, log_prob: torch.Tensor, validate_args: bool | None = None) -> None:
+        self._log_prob = log_prob
+        super().__init__(log_prob.shape, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return ObservedLogProb(self._log_prob.expand(batch_shape))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self._log_prob
+
+    def sample(self, sample_shape: torch.Size = _NO_SAMPLE_SHAPE) -> torch.Tensor:
+        raise NotImplementedError(
+            "ObservedLogProb only scores its observation; build the model without "
+            "emission_chunk_size to sample targets"
+        )

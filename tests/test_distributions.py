@@ -1,11 +1,15 @@
-"""The Wishart bijection and the straight-through categorical."""
+"""The Wishart bijection, the straight-through categorical, the clamped Dirichlet and the
+precomputed observation log-likelihood."""
 
 import pyro.distributions as dist
+import pytest
 import torch
 from torch.autograd.functional import jacobian
 from torch.distributions import biject_to
 
 from pyro_attention.distributions import (
+    ClampedDirichlet,
+    ObservedLogProb,
     PositiveDefiniteTransform,
     StraightThroughCategorical,
     Wishart,
@@ -60,3 +64,30 @@ def test_wishart_samples_without_warning_and_right_mean(device):
     scale = torch.tensor([[1.0, 0.3], [0.3, 0.5]], device=device, dtype=torch.float64)
     draws = Wishart(df, covariance_matrix=scale).sample((20000,))
     torch.testing.assert_close(draws.mean(0), df * scale, atol=0.08, rtol=0)
+
+
+def test_clamped_dirichlet_is_finite_with_tiny_concentrations():
+    concentration = torch.tensor([[6.0, 0.05, 0.05, 0.05]] * 2000, requires_grad=True)
+    value = ClampedDirichlet(concentration).rsample()
+    assert value.dtype == torch.float32 and torch.all(value > 0)
+    torch.testing.assert_close(value.sum(-1), torch.ones(2000))
+    log_prob = ClampedDirichlet(concentration).log_prob(value)
+    assert torch.isfinite(log_prob).all()
+    (grad,) = torch.autograd.grad(log_prob.sum() + value[:, 0].sum(), concentration)
+    assert torch.isfinite(grad).all()
+    floor = value == value.min()
+    assert value.min() >= torch.finfo(torch.float32).eps * 0.99 and floor.sum() > 10
+    (value_grad,) = torch.autograd.grad(
+        ClampedDirichlet(concentration).rsample().clamp(max=0.5).sum(), concentration
+    )
+    assert torch.isfinite(value_grad).all()
+
+
+def test_observed_log_prob_scores_and_refuses_to_sample():
+    log_lik = torch.randn(3, 4)
+    fn = ObservedLogProb(log_lik)
+    assert fn.batch_shape == (3, 4)
+    assert torch.equal(fn.log_prob(torch.zeros(3, 4)), log_lik)
+    assert fn.expand((2, 3, 4)).log_prob(None).shape == (2, 3, 4)
+    with pytest.raises(NotImplementedError, match="emission_chunk_size"):
+        fn.sample()

@@ -71,3 +71,65 @@ def plot_comparison(model_obj: Any, comparison: Any, train: Any, out: Path) -> l
         fig.suptitle(f"{comparison.model}: fitted components (held-out log-lik per point)")
         files.append(save_figure(fig, out / "posterior_fits.png"))
     return files
+
+
+def plot_alignment_heatmaps(
+    examples: list[dict],
+    source_tokens: list[list[str]],
+    target_tokens: list[list[str]],
+    title: str,
+) -> Figure:
+    """Prior (left) and posterior (right) alignment matrices of a few examples.
+
+    Rows are target tokens, columns source tokens; gold alignments are marked with white
+    circles. ``examples`` come from
+    :func:`~pyro_attention.infer.alignment_metrics.score_alignments` (``keep_examples``).
+    """
+    rows = len(examples)
+    fig = Figure(figsize=(9, 3.2 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, 2, squeeze=False)
+    for r, (example, src, tgt) in enumerate(
+        zip(examples, source_tokens, target_tokens, strict=True)
+    ):
+        S, T = len(src), len(tgt)
+        for c, key in enumerate(("prior", "posterior")):
+            ax = axes[r, c]
+            ax.imshow(example[key][:T, :S].numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+            gold = example.get("gold")
+            if gold is not None:
+                js = [j for j in range(T) if 0 <= int(gold[j]) < S]
+                ax.scatter(
+                    [int(gold[j]) for j in js], js, s=40, facecolors="none", edgecolors="white"
+                )
+            ax.set_xticks(range(S), src, rotation=90, fontsize=7)
+            ax.set_yticks(range(T), tgt, fontsize=7)
+            if r == 0:
+                ax.set_title(f"{key} p(z_j = i | ...)", fontsize=9)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_token_objectives(comparison: Any) -> Figure:
+    """Training objective per token against step (a moving average), one line per method."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for name, fitted in comparison.fits.items():
+        points = fitted.extra.get("step_points") or []
+        losses = fitted.losses[-len(points) :] if points else []
+        if not losses:
+            continue
+        per_token = [-loss / n for loss, n in zip(losses, points, strict=True)]
+        window = max(1, len(per_token) // 50)
+        smooth = [
+            statistics.fmean(per_token[max(0, i - window + 1) : i + 1])
+            for i in range(len(per_token))
+        ]
+        ax.plot(range(1, len(smooth) + 1), smooth, label=name, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("objective per target token (moving average)")
+    ax.set_title(f"{comparison.model} on {comparison.dataset}: training objectives")
+    if ax.lines:
+        lows = [min(line.get_ydata()) for line in ax.lines]
+        ax.set_ylim(bottom=max(min(lows), -10.0))
+        ax.legend(fontsize=8)
+    return fig

@@ -12,7 +12,8 @@
   ==============  ============================================================================
   ``marginalized``  nothing: the model enumerates the site (``enum``, ``nuts``)
   ``deterministic`` nothing: the method makes the site deterministic (``soft``)
-  ``prior``         :math:`q(z) = p(z \\mid \\theta)`, the model's own prior (``hard``)
+  ``prior``         :math:`q(z) = p(z \\mid \\theta)`, the model's own prior (``hard``,
+                    ``hard-sample``; summed in the guide for ``hard-enum``)
   ``categorical``   mean-field :math:`q(z_n) = \\mathrm{Cat}(\\phi_n)`, sampled (``reinforce``,
                     ``rws``)
   ``enumerated``    the same, summed in the guide (``vi-enum``)
@@ -52,7 +53,8 @@ from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn import PyroModule, PyroParam
 
 from pyro_attention.alignment import is_alignment_site
-from pyro_attention.distributions import StraightThroughCategorical
+from pyro_attention.distributions import ClampedDirichlet, StraightThroughCategorical
+from pyro_attention.handlers import MIN_CONCENTRATION
 from pyro_attention.infer.evaluate import local_log_joint
 from pyro_attention.infer.methods import enumerate_alignments
 
@@ -177,7 +179,7 @@ class AutoAlignmentGuide(AutoGuide):
             for name, logits in self._initial_local_logits(args, kwargs).items():
                 if self.kind == "dirichlet":
                     probs = torch.softmax(logits, -1)
-                    alpha = (probs.shape[-1] * probs).clamp(min=1e-2)
+                    alpha = (probs.shape[-1] * probs).clamp(min=MIN_CONCENTRATION)
                     param = PyroParam(alpha, constraint=constraints.positive, event_dim=1)
                 else:
                     param = PyroParam(logits, event_dim=1)
@@ -287,14 +289,14 @@ class AutoAlignmentGuide(AutoGuide):
         if self.encoder is not None:
             out = self.encoder(name, plates, *args, **kwargs)
             if self.kind == "dirichlet":
-                out = torch.nn.functional.softplus(out) + 1e-3
+                out = torch.nn.functional.softplus(out) + MIN_CONCENTRATION
             return out
         # a PyroParam with event_dim, read inside its plates, comes subsampled by Pyro
         return functools.reduce(getattr, name.split("."), self.local)
 
     def _local_dist(self, params: torch.Tensor) -> dist.Distribution:
         if self.kind == "dirichlet":
-            return dist.Dirichlet(params, validate_args=False)
+            return ClampedDirichlet(params, validate_args=False)
         if self.kind == "relaxed":
             temperature = params.new_tensor(self.method.temperature)
             relaxed = (
@@ -309,7 +311,8 @@ class AutoAlignmentGuide(AutoGuide):
         self, name: str, batch_shape: torch.Size, plates: dict, args: tuple, kwargs: dict
     ) -> dict:
         """Site ``infer``: guide-side enumeration, and the method's baseline entries."""
-        infer = {"enumerate": "parallel"} if self.kind == "enumerated" else {}
+        enumerated = self.kind == "enumerated" or getattr(self.method, "enumerate_guide", False)
+        infer = {"enumerate": "parallel"} if enumerated else {}
 
         def features() -> torch.Tensor:
             if self.local_features is None:

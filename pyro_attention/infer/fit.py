@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,8 @@ def fit(
     """Fit ``model_obj`` to ``data`` with ``method`` (a name or a method object).
 
     Options of the gradient methods: ``num_steps``, ``lr`` or ``optim``, ``subsample_size``,
-    ``seed``, ``progress``, ``checkpoint`` (a file path), ``checkpoint_every``, ``resume``.
+    ``batches`` (mini-batches to step on, see :func:`svi_fit`), ``seed``, ``progress``,
+    ``checkpoint`` (a file path), ``checkpoint_every``, ``resume``.
     Closed-form methods and NUTS take ``seed`` and ``progress``.
     """
     return get_method(method).fit(model_obj, data, **options)
@@ -122,6 +123,24 @@ def _restore(snapshot: dict[str, torch.Tensor]) -> None:
                 value.copy_(snapshot[name])
 
 
+def _load_params(saved: dict) -> None:
+    """Restore a saved param store *in place*: parameters already in the store (e.g. those of
+    a ``torch.nn`` module registered with ``pyro.module``, which keeps its own tensors) get
+    the saved values copied into them; the others are added."""
+    store = pyro.get_param_store()
+    existing = dict(store.named_parameters())
+    rest = {"params": {}, "constraints": {}}
+    with torch.no_grad():
+        for name, value in saved["params"].items():
+            if name in existing and existing[name].shape == value.shape:
+                existing[name].copy_(value)
+            else:
+                rest["params"][name] = value
+                rest["constraints"][name] = saved["constraints"][name]
+    if rest["params"]:
+        store.set_state(rest)
+
+
 def _save_checkpoint(
     path: Path,
     method: InferenceMethod,
@@ -129,8 +148,10 @@ def _save_checkpoint(
     step: int,
     losses: list[float],
     seconds: float,
+    points_seen: int = 0,
 ) -> None:
     state = {
+        "points_seen": points_seen,
         "method": method.name,
         "step": step,
         "losses": list(losses),
@@ -152,6 +173,25 @@ def _guide_sampler(guide: Callable, model_obj: Any, data: Any) -> Callable[[int]
     return sampler
 
 
+Batches = Callable[[int], Iterable[Any]] | Iterable[Any]
+
+
+def batch_stream(batches: Batches, start: int = 0) -> Iterator[Any]:
+    """Endless mini-batches: epoch after epoch of ``batches(epoch)`` (or of the re-iterable
+    ``batches``), the first ``start`` skipped (to resume a run where it stopped)."""
+    step, epoch = 0, 0
+    while True:
+        empty = True
+        for batch in batches(epoch) if callable(batches) else batches:
+            empty = False
+            if step >= start:
+                yield batch
+            step += 1
+        if empty:
+            raise ValueError(f"batches gave no data in epoch {epoch}; pass at least one batch")
+        epoch += 1
+
+
 def svi_fit(
     method: InferenceMethod,
     model_obj: Any,
@@ -161,6 +201,7 @@ def svi_fit(
     lr: float = 0.05,
     optim: PyroOptim | None = None,
     subsample_size: int | None = None,
+    batches: Batches | None = None,
     seed: int | None = None,
     progress: bool = True,
     checkpoint: str | Path | None = None,
@@ -168,9 +209,17 @@ def svi_fit(
     resume: bool = True,
     guide: Callable | None = None,
 ) -> FitResult:
-    """Stochastic variational inference with ``method``'s model, guide and loss."""
+    """Stochastic variational inference with ``method``'s model, guide and loss.
+
+    Each step uses ``data``, or with ``batches`` the next mini-batch: ``batches`` is a
+    function ``epoch -> iterable of batches`` (e.g. ``lambda epoch: dataset.batches("train",
+    32, shuffle=True, seed=epoch)``) or a re-iterable such as a list; ``data`` is then the
+    whole training set (checked, used to initialise the model and for posterior draws).
+    """
     method.check(model_obj, subsample_size=subsample_size)
     data = model_obj.check_data(data)
+    if batches is not None and subsample_size is not None:
+        raise ValueError("pass either batches or subsample_size, not both")
     if seed is not None:
         pyro.set_rng_seed(seed)
     model_obj.initialize(data)
@@ -183,7 +232,7 @@ def svi_fit(
     poutine.block(guide)(data, **kwargs)  # create the guide's parameters before any resume
 
     losses: list[float] = []
-    start, seconds_before = 0, 0.0
+    start, seconds_before, points_before = 0, 0.0, 0
     checkpoint = None if checkpoint is None else Path(checkpoint)
     if checkpoint is not None and resume and checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
@@ -192,19 +241,28 @@ def svi_fit(
                 f"checkpoint {checkpoint} was written by method {state['method']!r}, not "
                 f"{method.name!r}; pass another checkpoint path or resume=False"
             )
-        pyro.get_param_store().set_state(state["params"])
+        _load_params(state["params"])
         if state["optim"] is not None:
             optim.set_state(state["optim"])
         pyro.util.set_rng_state(state["rng"])
         start, losses, seconds_before = state["step"], list(state["losses"]), state["seconds"]
+        points_before = state.get("points_seen", 0)
 
     points_per_step = subsample_size or model_obj.num_points(data)
+    stream = None if batches is None else batch_stream(batches, start)
+    points_seen = points_before
+    step_points: list[int] = []
     snapshot = _param_snapshot()
     status = "ok"
     t0 = time.perf_counter()
     bar = tqdm(range(start, num_steps), desc=method.name, disable=not progress, leave=False)
     for step in bar:
-        value = svi.step(data, **kwargs)
+        if stream is None:
+            step_data = data
+        else:
+            step_data = model_obj.check_data(next(stream))
+            points_per_step = model_obj.num_points(step_data)
+        value = svi.step(step_data, **kwargs)
         value = float(value[0] if isinstance(value, tuple) else value)
         params_ok = all(
             torch.isfinite(p).all() for _, p in pyro.get_param_store().named_parameters()
@@ -215,6 +273,8 @@ def svi_fit(
             break
         snapshot = _param_snapshot()
         losses.append(value)
+        points_seen += points_per_step
+        step_points.append(points_per_step)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{value:.4g}")
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
@@ -225,24 +285,36 @@ def svi_fit(
                 step + 1,
                 losses,
                 seconds_before + time.perf_counter() - t0,
+                points_seen,
             )
     seconds = seconds_before + time.perf_counter() - t0
     steps_done = len(losses)
     if checkpoint is not None:  # after a non-finite step the optimiser's moments may be NaN
         _save_checkpoint(
-            checkpoint, method, optim if status == "ok" else None, steps_done, losses, seconds
+            checkpoint,
+            method,
+            optim if status == "ok" else None,
+            steps_done,
+            losses,
+            seconds,
+            points_seen,
         )
     result = FitResult(
         method=method,
         losses=losses,
         steps=steps_done,
         seconds=seconds,
-        points_seen=steps_done * points_per_step,
+        points_seen=points_seen,
         sampler=_guide_sampler(guide, model_obj, data),
         guide=guide,
         state=svi,
         status=status,
-        extra={"loss_fn": loss, "model_fn": model_fn, "kwargs": kwargs},
+        extra={
+            "loss_fn": loss,
+            "model_fn": model_fn,
+            "kwargs": kwargs,
+            "step_points": step_points,  # data points of each step of this call
+        },
     )
     if status != "ok":
         raise NonFiniteLossError(

@@ -20,9 +20,13 @@ name           what happens to the alignment ``z``     objective / Pyro loss
 =============  ======================================  ==========================================
 ``soft``       replaced by its mean                    ``Trace_ELBO`` of the soft model
 ``enum``       summed out exactly                      ``TraceEnum_ELBO``
+``exact``      the same, under the paper's name        ``TraceEnum_ELBO``
 ``hard``       sampled from the prior                  Jensen bound, ``TraceGraph_ELBO``
+``hard-enum``  prior summed in the guide               Jensen bound, ``TraceEnum_ELBO``
+``hard-sample`` sampled from the prior                 Jensen bound, soft-prior baseline
 ``reinforce``  sampled from ``q(z)``                   ELBO, score function + baseline
 ``vi-enum``    ``q(z)`` summed in the guide            ``TraceEnum_ELBO``
+``vi-sample``  sampled from ``q(z)``                   ELBO, soft-prior baseline, analytic KL
 ``rws``        sampled from ``q``, importance-weighted ``ReweightedWakeSleep``
 ``gumbel``     relaxed (Gumbel-softmax)                ``Trace_ELBO``, pathwise
 ``dirichlet``  relaxed to a Dirichlet                  ``Trace_ELBO``, pathwise (implicit)
@@ -48,7 +52,7 @@ from pyro.infer import (
 
 from pyro_attention import handlers
 from pyro_attention.alignment import is_alignment_site
-from pyro_attention.infer.baselines import Baseline, DecayingAverageBaseline
+from pyro_attention.infer.baselines import Baseline, DecayingAverageBaseline, NeuralBaseline
 
 if TYPE_CHECKING:
     from pyro_attention.infer.fit import FitResult
@@ -81,6 +85,8 @@ class InferenceMethod:
     stochastic_gradient: ClassVar[bool] = True
     #: closed-form updates provided by the model (no Pyro loss)
     closed_form: ClassVar[bool] = False
+    #: the guide's alignment sites are enumerated (their expectation is exact)
+    enumerate_guide: ClassVar[bool] = False
 
     def prepare(self, model: Callable) -> Callable:
         """The model function as this method needs it (a handler applied)."""
@@ -89,6 +95,14 @@ class InferenceMethod:
     def guide(self, model_obj: Any) -> Callable:
         """The model's guide matching this method."""
         return model_obj.guide(self)
+
+    def predictive(self, model: Callable) -> Callable:
+        """The model function whose likelihood scores this method's fit on held-out data.
+
+        The model itself (alignments summed out by the evaluator) except for methods that
+        change the model, such as soft attention.
+        """
+        return model
 
     def loss(self, max_plate_nesting: int | None = None) -> ELBO:
         """The Pyro loss of this method."""
@@ -139,12 +153,19 @@ class Enum(InferenceMethod):
         return TraceEnum_ELBO(max_plate_nesting=_nesting(max_plate_nesting))
 
 
+class Exact(Enum):
+    """:class:`Enum` under the name of Deng et al. (2018): the exact marginal likelihood."""
+
+    name = "exact"
+
+
 class VIEnum(InferenceMethod):
     """Categorical guide :math:`q(z)` whose expectation is enumerated exactly in the guide."""
 
     name = "vi-enum"
     alignment_guide = "enumerated"
     can_enumerate = True
+    enumerate_guide = True
 
     def loss(self, max_plate_nesting: int | None = None) -> ELBO:
         return TraceEnum_ELBO(max_plate_nesting=_nesting(max_plate_nesting))
@@ -184,6 +205,87 @@ class Hard(_ScoreFunction):
 
     name = "hard"
     alignment_guide = "prior"
+
+
+class HardEnum(InferenceMethod):
+    """Hard attention trained on the Jensen bound :math:`E_{p(z)}[\\log p(y \\mid z)]`, the
+    expectation summed exactly (the prior enumerated in the guide; Deng et al. 2018)."""
+
+    name = "hard-enum"
+    alignment_guide = "prior"
+    can_enumerate = True
+    enumerate_guide = True
+    stochastic_gradient = False
+
+    def loss(self, max_plate_nesting: int | None = None) -> ELBO:
+        return TraceEnum_ELBO(max_plate_nesting=_nesting(max_plate_nesting))
+
+
+class _PaperScoreFunction(InferenceMethod):
+    """The estimator of Deng et al. (2018): likelihood reward, soft-prior baseline, exact KL."""
+
+    def __init__(self, baseline: str = "soft-prior", num_particles: int = 1) -> None:
+        self.baseline = baseline
+        self.num_particles = num_particles
+
+    def loss(self, max_plate_nesting: int | None = None) -> ELBO:
+        from pyro_attention.infer.score_function_kl import ScoreFunctionKL_ELBO
+
+        return ScoreFunctionKL_ELBO(
+            baseline=self.baseline,
+            num_particles=self.num_particles,
+            max_plate_nesting=_nesting(max_plate_nesting),
+        )
+
+
+class HardSample(_PaperScoreFunction):
+    """Hard attention, Jensen bound, ``z`` sampled from the prior; REINFORCE with the
+    soft-attention log-likelihood under the prior as baseline (Deng et al. 2018).
+
+    :param baseline: ``"soft-prior"`` or ``"none"``; :param num_particles: samples per step.
+    """
+
+    name = "hard-sample"
+    alignment_guide = "prior"
+
+
+class VISample(_PaperScoreFunction):
+    """Variational attention with a sampled categorical :math:`q(z \\mid x, y)`.
+
+    ``estimator="analytic-kl"`` (default) is the paper's: reward :math:`\\log p(y \\mid z)`
+    minus the soft-attention log-likelihood under the prior (detached), plus the exact KL
+    (:class:`~pyro_attention.infer.score_function_kl.ScoreFunctionKL_ELBO`).
+    ``estimator="tracegraph"`` is Pyro's ``TraceGraph_ELBO``, whose reward holds
+    :math:`\\log p(y, z) - \\log q(z)`, with a learned :class:`NeuralBaseline` of the model's
+    local features.
+
+    :param baseline: for ``analytic-kl``, ``"soft-prior"`` or ``"none"``.
+    """
+
+    name = "vi-sample"
+    alignment_guide = "categorical"
+    ESTIMATORS: ClassVar[tuple[str, ...]] = ("analytic-kl", "tracegraph")
+
+    def __init__(
+        self, estimator: str = "analytic-kl", baseline: str = "soft-prior", num_particles: int = 1
+    ) -> None:
+        if estimator not in self.ESTIMATORS:
+            raise ValueError(f"estimator must be one of {self.ESTIMATORS}, got {estimator!r}")
+        super().__init__(baseline, num_particles)
+        self.estimator = estimator
+        self._neural = NeuralBaseline() if estimator == "tracegraph" else None
+
+    def guide_site_infer(self, name, batch_shape, features, plates, args, kwargs) -> dict:
+        if self._neural is None:
+            return {}
+        return self._neural.site_infer(name, batch_shape, features, plates, args, kwargs)
+
+    def loss(self, max_plate_nesting: int | None = None) -> ELBO:
+        if self.estimator == "tracegraph":
+            return TraceGraph_ELBO(
+                num_particles=self.num_particles, max_plate_nesting=_nesting(max_plate_nesting)
+            )
+        return super().loss(max_plate_nesting)
 
 
 class RWS(InferenceMethod):
@@ -237,13 +339,35 @@ class Dirichlet(InferenceMethod):
     """Alignments relaxed to Dirichlet variables, pathwise gradients (implicit reparam).
 
     :param concentration: ``c`` of :class:`pyro_attention.handlers.dirichlet`.
+    :param pretrain_steps: spend this many of the ``num_steps`` training the model on the
+        Jensen bound (:class:`HardEnum`), as Deng et al. (2018) do, then the rest on the
+        Dirichlet ELBO.
     """
 
     name = "dirichlet"
     alignment_guide = "dirichlet"
 
-    def __init__(self, concentration: float = 1.0) -> None:
+    def __init__(self, concentration: float = 1.0, pretrain_steps: int = 0) -> None:
+        if pretrain_steps < 0:
+            raise ValueError(f"pretrain_steps must be >= 0, got {pretrain_steps}")
         self.concentration = concentration
+        self.pretrain_steps = pretrain_steps
+
+    def fit(self, model_obj: Any, data: Any, **options: Any) -> FitResult:
+        from pyro_attention.infer.fit import NonFiniteLossError, svi_fit
+
+        if not self.pretrain_steps:
+            return svi_fit(self, model_obj, data, **options)
+        first = {**options, "num_steps": self.pretrain_steps, "checkpoint": None}
+        pretrained = svi_fit(HardEnum(), model_obj, data, **first)
+        total = options.get("num_steps", 1000)
+        rest = {**options, "num_steps": max(total - pretrained.steps, 1), "seed": None}
+        try:
+            result = svi_fit(self, model_obj, data, **rest)
+        except NonFiniteLossError as err:
+            _prepend(pretrained, err.result)
+            raise
+        return _prepend(pretrained, result)
 
     def prepare(self, model: Callable) -> Callable:
         return handlers.dirichlet(self.concentration)(model)
@@ -260,6 +384,9 @@ class Soft(InferenceMethod):
     stochastic_gradient = False
 
     def prepare(self, model: Callable) -> Callable:
+        return handlers.soft()(model)
+
+    def predictive(self, model: Callable) -> Callable:
         return handlers.soft()(model)
 
     def loss(self, max_plate_nesting: int | None = None) -> ELBO:
@@ -354,6 +481,17 @@ class NUTS(InferenceMethod):
         from pyro_attention.infer.fit import nuts_fit
 
         return nuts_fit(self, model_obj, data, **options)
+
+
+def _prepend(first: FitResult, result: FitResult) -> FitResult:
+    """``result`` with the run ``first`` (pre-training) counted in."""
+    result.losses = first.losses + result.losses
+    result.steps += first.steps
+    result.seconds += first.seconds
+    result.points_seen += first.points_seen
+    result.extra["step_points"] = first.extra["step_points"] + result.extra["step_points"]
+    result.extra["pretrain_steps"] = first.steps
+    return result
 
 
 def _nesting(max_plate_nesting: int | None) -> int | float:

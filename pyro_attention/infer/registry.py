@@ -10,9 +10,13 @@ from pyro_attention.infer import methods as m
 _REGISTRY: dict[str, Callable[..., m.InferenceMethod]] = {
     "soft": m.Soft,
     "enum": m.Enum,
+    "exact": m.Exact,
     "hard": m.Hard,
+    "hard-enum": m.HardEnum,
+    "hard-sample": m.HardSample,
     "reinforce": m.Reinforce,
     "vi-enum": m.VIEnum,
+    "vi-sample": m.VISample,
     "rws": m.RWS,
     "gumbel": m.Gumbel,
     "dirichlet": m.Dirichlet,

@@ -14,13 +14,17 @@ from pyro_attention.guides import AutoAlignmentGuide
 #: methods any model written with ``alignment`` sites gets from the autoguide
 GENERIC_METHODS = (
     "enum",
+    "exact",
     "vi-enum",
+    "vi-sample",
     "reinforce",
     "rws",
     "gumbel",
     "dirichlet",
     "soft",
     "hard",
+    "hard-enum",
+    "hard-sample",
     "nuts",
 )
 

@@ -31,10 +31,28 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.utils.checkpoint import checkpoint
 
 from pyro_attention._validation import check_positive_int
 from pyro_attention.alignment import alignment, attend, masked_logits
+from pyro_attention.distributions import ObservedLogProb
 from pyro_attention.models.base import AlignmentModel
+
+
+def run_bidirectional(rnn: nn.LSTM, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A bidirectional LSTM over the real tokens of each row only (packed), so the states of
+    a sequence do not depend on the padding of the batch it is in; zeros at padding."""
+    lengths = mask.sum(-1).cpu()
+    packed = pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
+    states, _ = rnn(packed)
+    states, _ = pad_packed_sequence(states, batch_first=True, total_length=inputs.shape[-2])
+    return states
+
+
+def _is_enumerated(z: torch.Tensor, target: torch.Tensor) -> bool:
+    """Whether ``z`` holds integer alignments with enumeration dims left of the batch."""
+    return not z.is_floating_point() and z.dim() > target.dim()
 
 
 class _Network(nn.Module):
@@ -70,8 +88,12 @@ class InferenceNetwork(nn.Module):
         self.bilinear = nn.Linear(2 * hidden, 2 * hidden, bias=False)
 
     def forward(self, name: str, plates: dict, batch: Any, **kwargs: Any) -> torch.Tensor:
-        source, _ = self.source_rnn(self.source_embed(batch.source))
-        target, _ = self.target_rnn(self.target_embed(batch.target))
+        source = run_bidirectional(
+            self.source_rnn, self.source_embed(batch.source), batch.source_mask
+        )
+        target = run_bidirectional(
+            self.target_rnn, self.target_embed(batch.target), batch.target_mask
+        )
         logits = self.bilinear(target) @ source.transpose(-1, -2)
         return masked_logits(logits, batch.source_mask.unsqueeze(-2).expand_as(logits))
 
@@ -86,6 +108,10 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
     :param inference_network: give the guides of ``reinforce``, ``vi-enum``, ``rws``, ``gumbel``
         and ``dirichlet`` the amortized :class:`InferenceNetwork` (default True: per-example
         parameters cannot follow changing mini-batches).
+    :param emission_chunk_size: when the alignments are enumerated, compute the emission
+        log-likelihoods of this many source positions at a time (recomputed in the backward
+        pass), so memory is ``O(chunk * B * T * V)`` instead of ``O(S * B * T * V)``; ``None``
+        computes all at once.
     """
 
     name: ClassVar[str] = "seq2seq"
@@ -99,8 +125,12 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
         embed_dim: int = 32,
         hidden_dim: int = 64,
         inference_network: bool = True,
+        emission_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
+        if emission_chunk_size is not None:
+            check_positive_int(emission_chunk_size, "emission_chunk_size")
+        self.emission_chunk_size = emission_chunk_size
         self.source_vocab_size = check_positive_int(source_vocab_size, "source_vocab_size")
         self.target_vocab_size = check_positive_int(target_vocab_size, "target_vocab_size")
         sizes = (
@@ -113,6 +143,16 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
         if inference_network:
             self.encoder = InferenceNetwork(*sizes)
 
+    @property
+    def supported_methods(self) -> tuple[str, ...]:
+        """Every generic method but ``nuts``: there are no continuous latent globals."""
+        return tuple(m for m in super().supported_methods if m != "nuts")
+
+    def unsupported_reason(self, method: str) -> str:
+        if method == "nuts":
+            return "it has no continuous latent globals to sample (the weights are point estimates)"
+        return super().unsupported_reason(method)
+
     def create_plates(self, batch: Any, **kwargs: Any) -> list[pyro.plate]:
         """The plates of one batch (its shape changes from batch to batch)."""
         num_batch, num_target = batch.target.shape
@@ -122,9 +162,11 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
         ]
 
     # ------------------------------------------------------------------ pieces
-    def encode(self, source: torch.Tensor) -> torch.Tensor:
-        """Encoder states :math:`\\tilde x`, ``(B, S, H)``."""
-        states, _ = self.net.encoder(self.net.source_embed(source))
+    def encode(self, source: torch.Tensor, source_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder states :math:`\\tilde x`, ``(B, S, H)``, over the real tokens only
+        (``source_mask``, default ``source != 0``)."""
+        mask = source != 0 if source_mask is None else source_mask
+        states = run_bidirectional(self.net.encoder, self.net.source_embed(source), mask)
         return self.net.encoder_out(states)
 
     def decode(self, target_in: torch.Tensor) -> torch.Tensor:
@@ -145,20 +187,51 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
         hidden = torch.tanh(self.net.combine(torch.cat([context, decoder], -1)))
         return self.net.output(hidden)
 
+    def emission_table(
+        self, encoder: torch.Tensor, decoder: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """:math:`\\log p(y_j \\mid x_i, h_j)` for every source position, ``(B, T, S)``.
+
+        Computed :attr:`emission_chunk_size` source positions at a time; with gradients each
+        chunk's ``(chunk, B, T, V)`` logits are recomputed in the backward pass (activation
+        checkpointing) rather than kept.
+        """
+        chunk = self.emission_chunk_size or encoder.shape[-2]
+        index = target.unsqueeze(-1)
+
+        def piece(states: torch.Tensor) -> torch.Tensor:  # (B, c, H) -> (c, B, T)
+            logits = self.emission_logits(states.movedim(-2, 0).unsqueeze(-2), decoder)
+            log_probs = torch.log_softmax(logits, -1)
+            return log_probs.gather(-1, index.expand(*log_probs.shape[:-1], 1)).squeeze(-1)
+
+        parts = []
+        for start in range(0, encoder.shape[-2], chunk):
+            states = encoder[..., start : start + chunk, :]
+            if torch.is_grad_enabled() and self.emission_chunk_size is not None:
+                parts.append(checkpoint(piece, states, use_reentrant=False))
+            else:
+                parts.append(piece(states))
+        return torch.cat(parts, 0).movedim(0, -1)
+
     # ------------------------------------------------------------------ model
     def model(self, batch: Any) -> None:
         """The generative model of the target tokens of ``batch`` given its sources."""
         pyro.module("seq2seq", self.net)
-        encoder = self.encode(batch.source)  # (B, S, H)
+        encoder = self.encode(batch.source, batch.source_mask)  # (B, S, H)
         decoder = self.decode(batch.target_in)  # (B, T, H)
         logits = self.prior_logits(decoder, encoder)  # alignment() softmaxes in >= float32
         mask = batch.source_mask.unsqueeze(-2).expand_as(logits)
         batch_plate, position_plate = self.create_plates(batch)
         with batch_plate, position_plate, poutine.mask(mask=batch.target_mask):
             z = alignment("alignment", logits, mask=mask)
-            context = attend(encoder.unsqueeze(-3), z)
-            emission = self.emission_logits(context, decoder)
-            pyro.sample("target", dist.Categorical(logits=emission), obs=batch.target)
+            if self.emission_chunk_size is not None and _is_enumerated(z, batch.target):
+                table = self.emission_table(encoder, decoder, batch.target)
+                log_lik = attend(table, z, event_dim=0)
+                pyro.sample("target", ObservedLogProb(log_lik), obs=batch.target)
+            else:
+                context = attend(encoder.unsqueeze(-3), z)
+                emission = self.emission_logits(context, decoder)
+                pyro.sample("target", dist.Categorical(logits=emission), obs=batch.target)
 
     # ------------------------------------------------------------------ data
     def check_data(self, batch: Any) -> Any:
@@ -181,6 +254,8 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
             raise ValueError("the batch is empty; pass at least one example with tokens")
         if not batch.source_mask.any(-1).all():
             raise ValueError("a source row is all padding; drop empty examples")
+        if not batch.target_mask.any(-1).all():
+            raise ValueError("a target row is all padding; drop examples with empty targets")
         for name, ids, size in (
             ("source", source, self.source_vocab_size),
             ("target", target, self.target_vocab_size),

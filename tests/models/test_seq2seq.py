@@ -155,3 +155,29 @@ def test_vi_enum_elbo_equals_brute_force_over_real_tokens(device):
             log_joint = log_prior[b, j, i] + emission[batch.target[b, j]]
             expected = expected + log_q[b, j, i].exp() * (log_joint - log_q[b, j, i])
     assert elbo == pytest.approx(expected.item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_chunked_emission_equals_unchunked_loss_and_gradient(device, chunk):
+    model, batch = tiny(device)
+
+    def loss_and_grad(chunk_size):
+        model.emission_chunk_size = chunk_size
+        loss = TraceEnum_ELBO(max_plate_nesting=2).differentiable_loss(
+            enumerate_alignments(model.model), lambda batch: None, batch
+        )
+        return loss, torch.autograd.grad(loss, list(model.net.parameters()))
+
+    loss, grads = loss_and_grad(None)
+    chunked_loss, chunked_grads = loss_and_grad(chunk)
+    assert chunked_loss.item() == pytest.approx(loss.item(), rel=1e-12)
+    for a, b in zip(grads, chunked_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    # sampled (not enumerated) alignments take the ordinary path
+    trace = poutine.trace(model.model).get_trace(batch)
+    assert isinstance(trace.nodes["target"]["fn"], torch.distributions.Categorical)
+
+
+def test_emission_chunk_size_is_checked():
+    with pytest.raises(ValueError, match="emission_chunk_size"):
+        LatentAlignmentSeq2Seq(5, 5, emission_chunk_size=0)

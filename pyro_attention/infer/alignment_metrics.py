@@ -1,0 +1,235 @@
+"""Per-token yardsticks of latent-alignment models, as Deng et al. (2018) evaluate them.
+
+For a model with one ``alignment`` site :math:`z_j` per target token and observations
+:math:`y_j` (no global latents), every quantity is exact, by enumerating :math:`z_j`:
+
+* log-likelihood :math:`\\log p(y_j) = \\log \\sum_i p(z_j = i)\\, p(y_j \\mid z_j = i)` under the
+  **prior** (perplexity :math:`\\exp(-\\frac1N \\sum_j \\log p(y_j))`); for soft attention the
+  soft model's own likelihood;
+* top-K ("K-max") log-likelihood: the sum restricted to the K most probable alignments under
+  the prior;
+* the ELBO under the method's :math:`q(z_j)` where it has a categorical one
+  (:math:`E_q[\\log p(y_j, z_j) - \\log q(z_j)]`; the prior for hard attention: the Jensen
+  bound);
+* prior alignment entropy :math:`H(p(z_j))`;
+* alignment accuracy: the argmax of the exact posterior :math:`p(z_j \\mid y)` (of the attention
+  weights for soft attention) against gold positions.
+
+Sums are accumulated over batches, so memory stays that of one batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+from pyro_attention.alignment import is_alignment_site
+from pyro_attention.infer.methods import InferenceMethod, enumerate_alignments
+
+
+@dataclass
+class AlignmentScores:
+    """Token sums of the yardsticks over a data set; properties give per-token values."""
+
+    tokens: int = 0
+    log_lik: float = 0.0
+    kmax_log_lik: float | None = 0.0
+    elbo: float | None = 0.0
+    prior_entropy: float = 0.0
+    correct: int = 0
+    prior_correct: int = 0
+    gold_tokens: int = 0
+    k: int = 5
+    examples: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def log_lik_per_token(self) -> float:
+        return self.log_lik / self.tokens
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(-self.log_lik_per_token)
+
+    @property
+    def kmax_ppl(self) -> float | None:
+        return None if self.kmax_log_lik is None else math.exp(-self.kmax_log_lik / self.tokens)
+
+    @property
+    def elbo_per_token(self) -> float | None:
+        return None if self.elbo is None else self.elbo / self.tokens
+
+    @property
+    def prior_entropy_per_token(self) -> float:
+        return self.prior_entropy / self.tokens
+
+    @property
+    def alignment_accuracy(self) -> float | None:
+        return self.correct / self.gold_tokens if self.gold_tokens else None
+
+    @property
+    def prior_alignment_accuracy(self) -> float | None:
+        return self.prior_correct / self.gold_tokens if self.gold_tokens else None
+
+    def as_row(self) -> dict[str, Any]:
+        """The ``summary.json`` fields."""
+        return {
+            "heldout_log_lik": self.log_lik_per_token,
+            "ppl": self.ppl,
+            "kmax_ppl": self.kmax_ppl,
+            "kmax": self.k,
+            "elbo_q": self.elbo_per_token,
+            "prior_entropy": self.prior_entropy_per_token,
+            "alignment_accuracy": self.alignment_accuracy,
+            "prior_alignment_accuracy": self.prior_alignment_accuracy,
+            "test_tokens": self.tokens,
+        }
+
+
+def _alignment_site(trace: poutine.Trace) -> dict:
+    sites = [s for _, s in trace.iter_stochastic_nodes() if is_alignment_site(s)]
+    others = [
+        name
+        for name, s in trace.iter_stochastic_nodes()
+        if not is_alignment_site(s) and not site_is_subsample(s)
+    ]
+    if len(sites) != 1 or others:
+        raise ValueError(
+            "alignment metrics need a model with exactly one alignment site and no other latent "
+            f"sites; found alignment sites {[s['name'] for s in sites]} and others {others}"
+        )
+    return sites[0]
+
+
+def _observed(trace: poutine.Trace) -> list[dict]:
+    return [
+        s
+        for s in trace.nodes.values()
+        if s["type"] == "sample" and s["is_observed"] and not s["infer"].get("_deterministic")
+    ]
+
+
+def _mask(site: dict, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    mask = site["mask"]
+    if mask is None or mask is True:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    return mask.expand(shape).bool()
+
+
+def enumerated_alignment_terms(
+    model: Callable, data: Any, max_plate_nesting: int
+) -> dict[str, torch.Tensor]:
+    """Prior and emission terms of every alignment value, by one enumerated trace.
+
+    :returns: ``prior`` log p(z = i) and ``emission`` log p(y | z = i), both ``(*batch, S)``,
+        and ``mask`` ``(*batch,)`` (True at scored cells).
+    """
+    enumerated = poutine.enum(
+        enumerate_alignments(model), first_available_dim=-(max_plate_nesting + 1)
+    )
+    with torch.no_grad():
+        trace = poutine.trace(enumerated).get_trace(data)
+    site = _alignment_site(trace)
+    prior = torch.log_softmax(site["fn"].logits, -1)
+    batch_shape = prior.shape[:-1]
+    dim = site["infer"]["_enumerate_dim"]
+    emission = 0.0
+    for obs in _observed(trace):
+        with torch.no_grad():
+            log_p = obs["fn"].log_prob(obs["value"])
+        emission = emission + log_p.movedim(dim, -1).reshape(*batch_shape, -1)
+    return {"prior": prior, "emission": emission, "mask": _mask(site, batch_shape, prior.device)}
+
+
+def _soft_log_lik(model: Callable, data: Any) -> torch.Tensor:
+    with torch.no_grad():
+        trace = poutine.trace(model).get_trace(data)
+        trace.compute_log_prob()
+    return sum(s["log_prob"].sum() for s in _observed(trace))
+
+
+def _guide_logits(method: InferenceMethod, guide: Callable | None, data: Any, prior: torch.Tensor):
+    """Logits of the method's categorical q(z), or None when it has none."""
+    kind = method.alignment_guide
+    if kind == "prior":
+        return prior
+    if guide is None or kind not in ("categorical", "enumerated", "relaxed"):
+        return None
+    with torch.no_grad():
+        trace = poutine.trace(guide).get_trace(data)
+    site = next(s for _, s in trace.iter_stochastic_nodes() if not site_is_subsample(s))
+    return torch.log_softmax(site["fn"].logits, -1)
+
+
+def score_alignments(
+    model_obj: Any,
+    method: InferenceMethod,
+    batches: Iterable[Any],
+    *,
+    guide: Callable | None = None,
+    k: int = 5,
+    gold: Callable[[Any], torch.Tensor] | None = lambda batch: batch.alignment,
+    keep_examples: int = 0,
+) -> AlignmentScores:
+    """Score a fitted ``model_obj`` (trained with ``method``) on ``batches``.
+
+    :param guide: the trained guide (for the ELBO under q).
+    :param k: K of the top-K perplexity.
+    :param gold: ``batch -> (*batch,) long`` gold positions (-1: none), or None.
+    :param keep_examples: keep prior and posterior alignment matrices of this many first
+        examples (for heat-maps) in :attr:`AlignmentScores.examples`.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    scores = AlignmentScores(k=k)
+    nesting = model_obj.max_plate_nesting
+    soft = method.name == "soft"
+    predictive = method.predictive(model_obj.model)
+    for batch in batches:
+        batch = model_obj.check_data(batch)
+        terms = enumerated_alignment_terms(model_obj.model, batch, nesting)
+        prior, emission, mask = terms["prior"], terms["emission"], terms["mask"]
+        joint = prior + emission
+        tokens = int(mask.sum())
+        scores.tokens += tokens
+        if soft:
+            scores.log_lik += float(_soft_log_lik(predictive, batch))
+            scores.kmax_log_lik = None
+        else:
+            scores.log_lik += float(joint.logsumexp(-1)[mask].sum())
+            top = prior.topk(min(k, prior.shape[-1]), -1).indices
+            kmax = joint.gather(-1, top).logsumexp(-1)
+            if scores.kmax_log_lik is not None:
+                scores.kmax_log_lik += float(kmax[mask].sum())
+        q = None if soft else _guide_logits(method, guide, batch, prior)
+        if q is None or scores.elbo is None:
+            scores.elbo = None
+        else:
+            terms_q = (q.exp() * (joint - q)).nan_to_num(0.0).sum(-1)
+            scores.elbo += float(terms_q[mask].sum())
+        probs = prior.exp()
+        scores.prior_entropy += float((-(probs * prior).nan_to_num(0.0).sum(-1))[mask].sum())
+        posterior = torch.softmax(joint, -1)
+        if gold is not None:
+            target = gold(batch)
+            scored = mask & (target >= 0)
+            chosen = prior.argmax(-1) if soft else joint.argmax(-1)
+            scores.correct += int((chosen == target)[scored].sum())
+            scores.prior_correct += int((prior.argmax(-1) == target)[scored].sum())
+            scores.gold_tokens += int(scored.sum())
+        for b in range(min(keep_examples - len(scores.examples), prior.shape[0])):
+            example = {"prior": probs[b].cpu(), "posterior": posterior[b].cpu()}
+            for name in ("source", "target", "source_mask", "target_mask"):
+                if hasattr(batch, name):
+                    example[name] = getattr(batch, name)[b].cpu()
+            if gold is not None:
+                example["gold"] = gold(batch)[b].cpu()
+            scores.examples.append(example)
+    if scores.tokens == 0:
+        raise ValueError("no target tokens to score; pass at least one non-empty batch")
+    return scores
