@@ -7,10 +7,15 @@ baseline (trained along with the model). On the dates task each estimator trains
 from the same initialisation for ``--steps`` steps; then the test perplexity, alignment
 accuracy and throughput are reported, and at the trained point, on one batch:
 
-* the gradient's bias: the largest distance, over 5 random projections, of the mean of
-  ``--draws`` gradient draws from the exact gradient of the same ELBO (``q`` enumerated, as
-  ``vi-enum`` does), in units of its Monte Carlo standard error (|z| < 3 is unbiased);
+* the relative error ``|mean - exact| / |exact|`` of the mean of ``--draws`` gradient draws
+  against the exact gradient of the same ELBO (``q`` enumerated, as ``vi-enum`` does), and
+  the same for a single draw (median over the draws);
 * the gradient's total variance (trace of the covariance over the draws).
+
+At a trained point ``q`` is peaked, so rare alignments carry much of the score-function
+gradient and a few hundred draws rarely see them: the mean's error is then dominated by what
+was not sampled, not by bias. Unbiasedness is tested on a small model in
+``tests/infer/test_score_function_kl.py``.
 
     python bench/bench_vi_sample_estimators.py --threads 1 --out runs/bench/vi_sample.json
 """
@@ -18,7 +23,6 @@ accuracy and throughput are reported, and at the trained point, on one batch:
 from __future__ import annotations
 
 import argparse
-import math
 
 import pyro
 import torch
@@ -88,7 +92,8 @@ def main() -> None:
     print(f"{args.steps} training steps each from the same initialisation; then the gradient")
     print(f"at the trained point: {args.draws} draws on one batch of {args.batch_size}")
     print(
-        f"{'estimator':42s} {'test ppl':>9s} {'align acc':>9s} {'tokens/s':>9s} {'bias z':>7s} "
+        f"{'estimator':42s} {'test ppl':>9s} {'align acc':>9s} {'tokens/s':>9s} {'mean err':>9s} "
+        f"{'draw err':>9s} "
         f"{'variance':>10s}"
     )
     for label, options in ESTIMATORS.items():
@@ -120,23 +125,21 @@ def main() -> None:
         draws = gradients(
             result.extra["loss_fn"], model.model, result.guide, batch, names, args.draws
         )
-        projections = torch.randn(5, exact_grad.numel(), generator=torch.Generator().manual_seed(0))
-        mean = draws.mean(0)
-        z = max(
-            abs(float(p @ (mean - exact_grad))) / math.sqrt(float((draws @ p).var() / args.draws))
-            for p in projections
-        )
+        norm = float(exact_grad.norm())
+        mean_error = float((draws.mean(0) - exact_grad).norm()) / norm
+        draw_error = float((draws - exact_grad).norm(dim=-1).median()) / norm
         variance = float(draws.var(0).sum())
         figures["results"][label] = {
             "ppl": scores.ppl,
             "alignment_accuracy": scores.alignment_accuracy,
             "tokens_per_second": result.samples_per_second,
-            "bias_max_abs_z": z,
+            "mean_gradient_relative_error": mean_error,
+            "single_draw_relative_error": draw_error,
             "gradient_total_variance": variance,
         }
         print(
             f"{label:42s} {scores.ppl:9.4f} {scores.alignment_accuracy:9.3f} "
-            f"{result.samples_per_second:9.0f} {z:7.2f} {variance:10.4g}"
+            f"{result.samples_per_second:9.0f} {mean_error:9.3f} {draw_error:9.3f} {variance:10.4g}"
         )
     save_figures(figures, args.out)
 

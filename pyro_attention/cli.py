@@ -93,7 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     seq.add_argument("--hidden", type=int, default=64, help="LSTM/MLP width (default 64)")
     seq.add_argument("--embed", type=int, default=32, help="embedding size (default 32)")
     seq.add_argument("--temperature", type=float, default=0.5, help="gumbel τ (default 0.5)")
-    seq.add_argument("--rws-particles", type=int, default=5, help="RWS samples (default 5)")
+    seq.add_argument(
+        "--rws-particles", type=int, default=5, help="RWS samples per alignment (default 5)"
+    )
     seq.add_argument(
         "--pretrain-fraction",
         type=float,
@@ -192,7 +194,7 @@ def _compare_alignment(args: argparse.Namespace) -> int:
         else [m.strip() for m in args.methods.split(",") if m.strip()]
     )
     options = {
-        "rws": {"num_particles": args.rws_particles},
+        "rws": {"num_particles": args.rws_particles, "local": True},
         "gumbel": {"temperature": args.temperature},
         "dirichlet": {"pretrain_steps": int(args.pretrain_fraction * steps)},
     }

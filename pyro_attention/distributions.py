@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import pyro.distributions as dist
 import torch
-from torch.distributions import biject_to, constraints, transform_to
+from torch.distributions import biject_to, constraints, register_kl, transform_to
 from torch.distributions.transforms import Transform
 
 _NO_SAMPLE_SHAPE = torch.Size()
@@ -131,6 +131,15 @@ class StraightThroughCategorical(dist.RelaxedOneHotCategoricalStraightThrough):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return (value * torch.log_softmax(self.logits, -1)).sum(-1)
+
+
+@register_kl(StraightThroughCategorical, dist.OneHotCategorical)
+def _kl_straight_through_one_hot(
+    q: StraightThroughCategorical, p: dist.OneHotCategorical
+) -> torch.Tensor:
+    """KL of the categorical choices, from the logits (finite where ``p`` underflows)."""
+    log_q = torch.log_softmax(q.logits, -1)
+    return (log_q.exp() * (log_q - torch.log_softmax(p.logits, -1))).sum(-1)
 
 
 class ClampedDirichlet(dist.Dirichlet):

@@ -41,3 +41,33 @@ def test_data_on_the_wrong_device_refused():
     gmm = BayesianGMM(4, 2)
     with pytest.raises(ValueError, match="cuda"):
         compare(gmm, data.train, data.test.cpu(), ["cavi"], progress=False)
+
+
+def test_compare_alignment_on_cuda(tmp_path):
+    from pyro_attention.data import get_task, make_alignment_dataset
+    from pyro_attention.infer.compare_alignment import PAPER_METHODS, compare_alignment
+    from pyro_attention.models import LatentAlignmentSeq2Seq
+
+    task = get_task("reverse", alphabet_size=6, min_length=2, max_length=5)
+    data = make_alignment_dataset(task, num_train=40, num_valid=5, num_test=10, seed=0)
+
+    def make_model():
+        return LatentAlignmentSeq2Seq(
+            len(data.source_vocab), len(data.target_vocab), 8, 8, emission_chunk_size=2
+        )
+
+    comparison = compare_alignment(
+        make_model,
+        data,
+        PAPER_METHODS,
+        num_steps=3,
+        batch_size=8,
+        device="cuda",
+        out=tmp_path,
+        progress=False,
+    )
+    assert comparison.device.startswith("cuda")
+    for row in comparison.rows:
+        assert torch.isfinite(torch.tensor([row["ppl"], row["prior_entropy"]])).all()
+    fitted = comparison.fits["exact"]
+    assert fitted.points_seen > 0

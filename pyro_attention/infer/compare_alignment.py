@@ -42,6 +42,19 @@ PAPER_METHODS = (
     "dirichlet",
 )
 
+def paper_method(method: str | InferenceMethod, num_steps: int) -> InferenceMethod:
+    """The method object for a name, with the settings of Deng et al. (2018) where the default
+    differs: ``rws`` with 5 samples and one weight per alignment, ``dirichlet`` with 30% of
+    ``num_steps`` pre-training on the Jensen bound. Method objects pass through."""
+    if isinstance(method, InferenceMethod):
+        return method
+    options = {
+        "rws": {"num_particles": 5, "local": True},
+        "dirichlet": {"pretrain_steps": int(0.3 * num_steps)},
+    }
+    return get_method(method, **options.get(method, {}))
+
+
 COLUMNS = (
     "method",
     "ppl",
@@ -83,7 +96,8 @@ def compare_alignment(
     :param make_model: builds a fresh model (called after seeding, once per method), e.g.
         ``lambda: LatentAlignmentSeq2Seq(len(data.source_vocab), len(data.target_vocab))``.
     :param dataset: an :class:`~pyro_attention.data.AlignmentDataset`.
-    :param methods: names or method objects (default: the paper's nine).
+    :param methods: names (with the paper's settings, :func:`paper_method`) or method objects
+        (default: the paper's nine).
     :param num_steps: training steps (mini-batches) per method.
     :param batch_size: examples per mini-batch (training and evaluation).
     :param lr: Adam learning rate.
@@ -93,7 +107,7 @@ def compare_alignment(
     """
     check_positive_int(num_steps, "num_steps")
     check_positive_int(batch_size, "batch_size")
-    objects = [get_method(m) for m in methods]
+    objects = [paper_method(m, num_steps) for m in methods]
     if not objects:
         raise ValueError("methods is empty; pass at least one method name")
     device = torch.device(device)
