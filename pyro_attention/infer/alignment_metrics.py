@@ -31,6 +31,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_attention.alignment import is_alignment_site
 from pyro_attention.infer.methods import InferenceMethod, enumerate_alignments
+from pyro_attention.infer.traces import observed_sites
 
 
 @dataclass
@@ -106,14 +107,6 @@ def _alignment_site(trace: poutine.Trace) -> dict:
     return sites[0]
 
 
-def _observed(trace: poutine.Trace) -> list[dict]:
-    return [
-        s
-        for s in trace.nodes.values()
-        if s["type"] == "sample" and s["is_observed"] and not s["infer"].get("_deterministic")
-    ]
-
-
 def _mask(site: dict, shape: torch.Size, device: torch.device) -> torch.Tensor:
     mask = site["mask"]
     if mask is None or mask is True:
@@ -139,7 +132,7 @@ def enumerated_alignment_terms(
     batch_shape = prior.shape[:-1]
     dim = site["infer"]["_enumerate_dim"]
     emission = 0.0
-    for obs in _observed(trace):
+    for obs in observed_sites(trace):
         with torch.no_grad():
             log_p = obs["fn"].log_prob(obs["value"])
         emission = emission + log_p.movedim(dim, -1).reshape(*batch_shape, -1)
@@ -150,7 +143,7 @@ def _soft_log_lik(model: Callable, data: Any) -> torch.Tensor:
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(data)
         trace.compute_log_prob()
-    return sum(s["log_prob"].sum() for s in _observed(trace))
+    return sum(s["log_prob"].sum() for s in observed_sites(trace))
 
 
 def _guide_logits(method: InferenceMethod, guide: Callable | None, data: Any, prior: torch.Tensor):

@@ -42,6 +42,7 @@ PAPER_METHODS = (
     "dirichlet",
 )
 
+
 def paper_method(method: str | InferenceMethod, num_steps: int) -> InferenceMethod:
     """The method object for a name, with the settings of Deng et al. (2018) where the default
     differs: ``rws`` with 5 samples and one weight per alignment, ``dirichlet`` with 30% of

@@ -26,12 +26,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from pyro import poutine
 from pyro.infer import ELBO
 from pyro.infer.util import torch_item
 from pyro.poutine.util import site_is_subsample
 
 from pyro_attention.infer.score_function_kl import sum_to_shape
+from pyro_attention.infer.traces import guide_and_model_traces, observed_sites
 
 
 class LocalReweightedWakeSleep(ELBO):
@@ -50,13 +50,7 @@ class LocalReweightedWakeSleep(ELBO):
         )
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-        model_trace.compute_log_prob()
-        guide_trace.compute_log_prob()
-        return model_trace, guide_trace
+        return guide_and_model_traces(model, guide, args, kwargs)
 
     def _objectives(
         self, model: Callable, guide: Callable, args: tuple, kwargs: dict
@@ -64,13 +58,7 @@ class LocalReweightedWakeSleep(ELBO):
         """(wake-θ bound with log q detached, wake-φ objective with weights detached)."""
         kwargs = {k: v for k, v in kwargs.items() if k != "observations"}
         model_trace, guide_trace = next(iter(self._get_traces(model, guide, args, kwargs)))
-        observed = [
-            site
-            for site in model_trace.nodes.values()
-            if site["type"] == "sample"
-            and site["is_observed"]
-            and not site["infer"].get("_deterministic")
-        ]
+        observed = observed_sites(model_trace)
         latent = [
             (name, site)
             for name, site in guide_trace.iter_stochastic_nodes()

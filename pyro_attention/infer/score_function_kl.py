@@ -37,6 +37,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 from pyro_attention import handlers
+from pyro_attention.infer.traces import guide_and_model_traces, observed_sites
 
 BASELINES = ("soft-prior", "none")
 
@@ -102,13 +103,7 @@ class ScoreFunctionKL_ELBO(ELBO):
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
         """Guide trace and the model replayed against it, log-probabilities computed."""
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-        model_trace.compute_log_prob()
-        guide_trace.compute_score_parts()
-        return model_trace, guide_trace
+        return guide_and_model_traces(model, guide, args, kwargs)
 
     def _soft_prior_log_likelihood(
         self, model: Callable, model_trace: poutine.Trace, args: tuple, kwargs: dict
@@ -124,26 +119,14 @@ class ScoreFunctionKL_ELBO(ELBO):
             soft_model = poutine.condition(handlers.soft()(model), fixed)
             trace = poutine.block(poutine.trace(soft_model).get_trace)(*args, **kwargs)
             trace.compute_log_prob()
-        return {
-            name: site["log_prob"].detach()
-            for name, site in trace.nodes.items()
-            if site["type"] == "sample"
-            and site["is_observed"]
-            and not site["infer"].get("_deterministic")
-        }
+        return {site["name"]: site["log_prob"].detach() for site in observed_sites(trace)}
 
     def _particle(
         self, model: Callable, guide: Callable, args: tuple, kwargs: dict
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(ELBO estimate, surrogate whose gradient is the estimator) of one particle."""
         model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
-        observed = [
-            site
-            for site in model_trace.nodes.values()
-            if site["type"] == "sample"
-            and site["is_observed"]
-            and not site["infer"].get("_deterministic")
-        ]
+        observed = observed_sites(model_trace)
         elbo = sum(_site_cost(site).sum() for site in observed)
         surrogate = elbo
         baselines = (

@@ -2,7 +2,6 @@
 
 import math
 
-import pyro
 import pyro.distributions as dist
 import pytest
 import torch
