@@ -17,6 +17,7 @@ from pyro_attention.data.alignment_tasks import (
     register_task,
     task_names,
 )
+from pyro_attention.data.digits import load_digits_binary
 from pyro_attention.data.gmm import load_gmm2d
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "TranslationTask",
     "Vocabulary",
     "get_task",
+    "load_digits_binary",
     "load_gmm2d",
     "make_alignment_dataset",
     "register_task",

@@ -1,0 +1,360 @@
+"""Attention read as a mixture model: the keys are components, the weights are responsibilities.
+
+For a query ``q`` and keys ``k_1..k_K`` with log prior :math:`\\log\\pi_k`, Bayes' rule gives
+
+.. math:: p(k \\mid q) = \\frac{\\pi_k\\, p(q \\mid k)}{\\sum_j \\pi_j\\, p(q \\mid j)},
+          \\qquad \\mathrm{output}(q) = \\sum_k p(k \\mid q)\\, v_k .
+
+* ``kind="gaussian"``, :math:`p(q \\mid k) = N(q; k_k, \\sigma^2 I)`:
+  :math:`\\log p(k \\mid q) = q\\cdot k_k/\\sigma^2 - \\lVert k_k\\rVert^2/(2\\sigma^2) +
+  \\log\\pi_k + c(q)`, i.e. softmax attention with scale :math:`1/\\sigma^2` plus a bias per key.
+* ``kind="bernoulli"``, :math:`p(x \\mid k) = \\prod_d \\mathrm{Bern}(x_d; \\mu_{kd})^{m_d}`
+  with keys given as logits :math:`\\ell_k = \\mathrm{logit}(\\mu_k)` and an observed mask
+  ``m``: :math:`\\log p(k \\mid x) = (m\\odot x)\\cdot\\ell_k - m\\cdot
+  \\mathrm{softplus}(\\ell_k) + \\log\\pi_k + c(x)`, a dot product plus a bias (scale 1).
+
+The soft output is computed by :func:`torch.nn.functional.scaled_dot_product_attention` with the
+biases as an additive float mask. With ``latent=True`` the choice of key is an
+:func:`~pyro_attention.alignment.alignment` site instead, so every inference method of the
+package applies (``soft()`` gives back the soft output, enumeration sums over the keys).
+
+Self-attention is ``query = key = value = x`` (:meth:`MixtureAttention.self_attention`); in the
+Gaussian case each token is then also a component, its own included.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyro_attention.alignment import alignment, attend, masked_logits
+
+KINDS = ("gaussian", "bernoulli")
+
+
+def _check_qkv(query: object, key: object, value: object) -> None:
+    for arg, x in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{arg} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"{arg} must have a floating dtype, got {x.dtype}; use {arg}.float()")
+        if x.dim() < 2:
+            raise ValueError(f"{arg} must have shape (..., T, D), got {tuple(x.shape)}")
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(
+            f"query has {query.shape[-1]} features but key has {key.shape[-1]}; "
+            "the last dims of query and key must match"
+        )
+    if key.shape[-2] != value.shape[-2]:
+        raise ValueError(
+            f"key has {key.shape[-2]} items (dim -2) but value has {value.shape[-2]}; "
+            "key and value need one row per item"
+        )
+    try:
+        torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    except RuntimeError as err:
+        raise ValueError(
+            f"batch dims of query {tuple(query.shape[:-2])}, key {tuple(key.shape[:-2])} and "
+            f"value {tuple(value.shape[:-2])} do not broadcast"
+        ) from err
+
+
+def dot_product_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Scaled dot-product attention, :math:`\\mathrm{softmax}(s\\, q k^\\top) v`, checked.
+
+    A thin wrapper over :func:`torch.nn.functional.scaled_dot_product_attention`.
+
+    :param query: ``(..., Tq, D)``.
+    :param key: ``(..., Tk, D)``.
+    :param value: ``(..., Tk, Dv)``.
+    :param mask: optional boolean ``(..., Tq, Tk)`` (broadcastable), True where a query may
+        attend to a key; every query needs one True entry.
+    :param scale: ``s > 0``; default :math:`1/\\sqrt{D}`.
+    :returns: ``(..., Tq, Dv)``.
+    """
+    _check_qkv(query, key, value)
+    if scale is not None and not (isinstance(scale, int | float) and 0 < scale < math.inf):
+        raise ValueError(f"scale must be a positive finite number or None, got {scale!r}")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise ValueError("mask must be a boolean tensor (True = may attend); use mask.bool()")
+        target = (*query.shape[:-1], key.shape[-2])
+        try:
+            torch.broadcast_shapes(mask.shape, target)
+        except RuntimeError as err:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not broadcast to (..., Tq, Tk) = {target}"
+            ) from err
+        if mask.shape[-1] != target[-1] or not mask.any(-1).all():
+            raise ValueError(
+                "mask needs a last dim of Tk with at least one True entry per query row"
+            )
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
+
+
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``(..., T, D)`` to ``(..., H, T, D / H)``."""
+    return x.unflatten(-1, (num_heads, x.shape[-1] // num_heads)).transpose(-3, -2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``(..., H, T, d)`` to ``(..., T, H * d)``."""
+    return x.transpose(-3, -2).flatten(-2)
+
+
+class MixtureAttention(nn.Module):
+    """Attention weights as posterior responsibilities :math:`p(k \\mid q)` of a mixture.
+
+    :param kind: ``"gaussian"`` (keys are means of :math:`N(\\cdot, \\sigma^2 I)`) or
+        ``"bernoulli"`` (keys are logits of Bernoulli means; queries in :math:`\\{0,1\\}^D`).
+    :param sigma: Gaussian standard deviation :math:`\\sigma > 0` (default 1; gaussian only).
+    :param num_heads: split the query/key/value features into ``H`` equal parts, one
+        independent mixture per head; the outputs are concatenated.
+    :param latent: if True, :meth:`forward` samples the key as an alignment site (see there).
+    :param name: the alignment site's name (``latent=True``); with ``H > 1`` the heads are the
+        sites ``f"{name}_head{h}"``.
+    """
+
+    def __init__(
+        self,
+        kind: str = "gaussian",
+        *,
+        sigma: float | None = None,
+        num_heads: int = 1,
+        latent: bool = False,
+        name: str = "key",
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind == "bernoulli" and sigma is not None:
+            raise ValueError("sigma applies to kind='gaussian' only; drop sigma for 'bernoulli'")
+        sigma = 1.0 if sigma is None else sigma
+        if isinstance(sigma, bool) or not isinstance(sigma, int | float):
+            raise ValueError(f"sigma must be a positive number, got {sigma!r}")
+        if not 0 < sigma < math.inf:
+            raise ValueError(f"sigma must be positive and finite, got {sigma!r}")
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(f"num_heads must be a positive integer, got {num_heads!r}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        self.kind = kind
+        self.sigma = float(sigma)
+        self.num_heads = num_heads
+        self.latent = bool(latent)
+        self.name = name
+
+    def extra_repr(self) -> str:
+        sigma = f", sigma={self.sigma}" if self.kind == "gaussian" else ""
+        return f"kind={self.kind!r}{sigma}, num_heads={self.num_heads}, latent={self.latent}"
+
+    # -- the mixture in per-head form -------------------------------------------------------
+
+    def _prepare(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        log_prior: torch.Tensor | None,
+        key_mask: torch.Tensor | None,
+        observed: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Checked per-head tensors ``q (..., H, Tq, d)``, ``k``, ``v``, the additive bias
+        ``(..., H, Tq|1, Tk)`` (unmasked), the mask ``(..., 1, 1, Tk)`` or None, and the scale."""
+        _check_qkv(query, key, value)
+        H, (Tq, D), Tk = self.num_heads, query.shape[-2:], key.shape[-2]
+        for arg, size in (("query/key", D), ("value", value.shape[-1])):
+            if size % H:
+                raise ValueError(
+                    f"num_heads={H} does not divide the {size} features of {arg}; "
+                    "pick num_heads dividing both feature dims"
+                )
+        batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+        query = query.expand(*batch, Tq, D)
+        key = key.expand(*batch, Tk, D)
+        value = value.expand(*batch, *value.shape[-2:])
+
+        if observed is None:
+            m = None
+        else:
+            if not isinstance(observed, torch.Tensor):
+                raise ValueError("observed must be a tensor of 0/1 (or bool), shaped like query")
+            try:
+                fits = torch.broadcast_shapes(observed.shape, query.shape) == query.shape
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise ValueError(
+                    f"observed of shape {tuple(observed.shape)} does not broadcast to the query "
+                    f"shape {tuple(query.shape)}"
+                )
+            if observed.dtype != torch.bool and not ((observed == 0) | (observed == 1)).all():
+                raise ValueError("observed must be boolean or contain only 0 and 1 (1 = observed)")
+            m = observed.to(query.dtype).expand_as(query)
+            # unobserved entries are ignored, whatever they hold (even NaN)
+            query = torch.where(m > 0, query, torch.zeros((), dtype=query.dtype))
+
+        if self.kind == "bernoulli" and not ((query == 0) | (query == 1)).all():
+            raise ValueError(
+                "query must be binary (0/1) for kind='bernoulli' wherever observed; "
+                "mask other entries with observed="
+            )
+
+        q, k, v = (_split_heads(x, H) for x in (query, key, value))
+        mh = None if m is None else _split_heads(m, H)
+        if self.kind == "gaussian":
+            scale = 1.0 / self.sigma**2
+            sq = k.square()
+            norms = sq.sum(-1).unsqueeze(-2) if mh is None else mh @ sq.mT
+            bias = -0.5 * scale * norms
+        else:
+            scale = 1.0
+            sp = F.softplus(k)
+            bias = -(sp.sum(-1).unsqueeze(-2) if mh is None else mh @ sp.mT)
+
+        if log_prior is not None:
+            if not isinstance(log_prior, torch.Tensor) or log_prior.shape[-1:] != (Tk,):
+                raise ValueError(f"log_prior must be a tensor of shape (..., Tk) with Tk = {Tk}")
+            bias = bias + log_prior.to(bias.dtype)[..., None, None, :]
+        if key_mask is not None:
+            if not isinstance(key_mask, torch.Tensor) or key_mask.dtype != torch.bool:
+                raise ValueError("key_mask must be a boolean tensor (True = key may be chosen)")
+            if key_mask.shape[-1:] != (Tk,):
+                raise ValueError(f"key_mask must have shape (..., Tk) with Tk = {Tk}")
+            key_mask = key_mask[..., None, None, :]
+        try:
+            shape = torch.broadcast_shapes(
+                bias.shape, (*q.shape[:-1], Tk), () if key_mask is None else key_mask.shape
+            )
+        except RuntimeError as err:
+            raise ValueError(
+                "batch dims of log_prior / key_mask do not broadcast with those of query and key"
+            ) from err
+        if shape != (*q.shape[:-1], Tk):
+            raise ValueError(
+                "log_prior / key_mask have more batch dims than query and key; "
+                f"expected at most {tuple(q.shape[:-3])}"
+            )
+        return q, k, v, bias, key_mask, scale
+
+    def _head_logits(self, *args: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        q, k, v, bias, key_mask, scale = self._prepare(*args)
+        logits = masked_logits(scale * (q @ k.mT) + bias, key_mask)
+        return logits, v, key_mask
+
+    def _squeeze(self, x: torch.Tensor) -> torch.Tensor:
+        return x.squeeze(-3) if self.num_heads == 1 else x
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def logits(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor | None = None,
+        *,
+        log_prior: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        observed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Unnormalised log posterior :math:`\\log p(k \\mid q) + c(q)` (terms constant in ``k``
+        dropped); masked keys get a large negative number.
+
+        :returns: ``(..., Tq, Tk)``, or ``(..., H, Tq, Tk)`` when ``num_heads > 1``.
+        """
+        value = key if value is None else value
+        logits, _, _ = self._head_logits(query, key, value, log_prior, key_mask, observed)
+        return self._squeeze(logits)
+
+    def responsibilities(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor | None = None,
+        *,
+        log_prior: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        observed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Posterior responsibilities :math:`p(k \\mid q)`, the attention weights.
+
+        :returns: probabilities summing to 1 over the last dim, ``(..., Tq, Tk)``, or
+            ``(..., H, Tq, Tk)`` when ``num_heads > 1``.
+        """
+        logits = self.logits(
+            query, key, value, log_prior=log_prior, key_mask=key_mask, observed=observed
+        )
+        return torch.softmax(logits, -1)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        *,
+        log_prior: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        observed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The mixture's read-out :math:`\\sum_k p(k \\mid q)\\, v_k` (or, if ``latent``, the
+        value of a sampled key).
+
+        :param query: ``(..., Tq, D)``; binary where observed for ``kind="bernoulli"``.
+        :param key: ``(..., Tk, D)``: Gaussian means, or Bernoulli logits.
+        :param value: ``(..., Tk, Dv)``.
+        :param log_prior: optional ``(..., Tk)`` log prior :math:`\\log\\pi_k` (unnormalised is
+            fine), shared by the queries and heads.
+        :param key_mask: optional boolean ``(..., Tk)``, False for keys that are not components.
+        :param observed: optional 0/1 or boolean mask broadcastable to the query, 1 where a
+            feature is observed; unobserved features are marginalised out.
+        :returns: ``(..., Tq, Dv)``. With ``latent=True`` the key chosen by each query is an
+            alignment site ``name`` of batch shape ``(..., Tq)`` (one site ``f"{name}_head{h}"``
+            per head when ``num_heads > 1``) inside the plates the caller opens, and the output
+            is ``attend(value, z)``: the chosen value under sampling, with enumeration dims on
+            the left under ``TraceEnum_ELBO``, the soft output under ``handlers.soft()``.
+        """
+        if not self.latent:
+            q, k, v, bias, mask, scale = self._prepare(
+                query, key, value, log_prior, key_mask, observed
+            )
+            bias = masked_logits(bias.expand(*q.shape[:-1], k.shape[-2]), mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+            return _merge_heads(out)
+        logits, v, mask = self._head_logits(query, key, value, log_prior, key_mask, observed)
+        mask = None if mask is None else mask[..., 0, :, :]  # (..., 1, Tk)
+        outs = []
+        for h in range(self.num_heads):
+            site = self.name if self.num_heads == 1 else f"{self.name}_head{h}"
+            z = alignment(site, logits[..., h, :, :], mask=mask)
+            outs.append(attend(v[..., h, :, :].unsqueeze(-3), z))
+        # heads have their own enumeration dims: broadcast before concatenating
+        batch = torch.broadcast_shapes(*(o.shape[:-1] for o in outs))
+        return torch.cat([o.expand(*batch, o.shape[-1]) for o in outs], -1)
+
+    def self_attention(
+        self,
+        x: torch.Tensor,
+        *,
+        log_prior: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Self-attention, ``forward(x, x, x)``: each token ``(..., T, D)`` is both a query and a
+        component (Gaussian only; Bernoulli keys are logits, not binary data).
+
+        :returns: ``(..., T, D)``.
+        """
+        if self.kind != "gaussian":
+            raise ValueError(
+                "self_attention needs kind='gaussian': bernoulli keys are logits while queries "
+                "are binary; call forward(query, key_logits, value) instead"
+            )
+        return self(x, x, x, log_prior=log_prior, key_mask=key_mask)
