@@ -19,7 +19,9 @@ import torch
 
 from pyro_attention.infer.registry import get_method, method_names
 
-MODELS = ("gmm", "alignment")
+MODELS = ("gmm", "alignment", "digits")
+#: the digits comparison's default methods: closed-form EM against three gradient methods
+DIGITS_DEFAULT_METHODS = ("em", "enum", "gumbel", "reinforce")
 #: the GMM comparison's default methods: ``soft`` (one averaged Gaussian, not a mixture) and
 #: the paper's aliases of these (exact, hard-enum, hard-sample, vi-sample) are left out
 GMM_DEFAULT_METHODS = (
@@ -50,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "model",
         choices=MODELS,
         help="gmm: Bayesian GMM on the embedded 2-D data; alignment: latent-alignment seq2seq "
-        "on a generated task (--task)",
+        "on a generated task (--task); digits: Bernoulli mixture on the binarized UCI digits",
     )
     cmp.add_argument(
         "--methods",
@@ -79,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         default=200,
         help="posterior draws for the held-out metric (default 200)",
     )
-    cmp.add_argument("--components", type=int, default=4, help="mixture components (default 4)")
+    cmp.add_argument(
+        "--components", type=int, default=None, help="mixture components (gmm 4, digits 10)"
+    )
     cmp.add_argument("--covariance", choices=("full", "diag"), default="full")
     cmp.add_argument("--nuts-samples", type=int, default=150, help="NUTS draws per chain")
     cmp.add_argument("--nuts-warmup", type=int, default=150, help="NUTS warm-up per chain")
@@ -136,7 +140,7 @@ def _compare_gmm(args: argparse.Namespace) -> int:
     data = load_gmm2d(dtype=dtype, device=device)
     dim = data.train.shape[1]
     prior = GMMPrior.default(dim, args.covariance, dtype=dtype)
-    gmm = BayesianGMM(args.components, dim, args.covariance, prior=prior)
+    gmm = BayesianGMM(args.components or 4, dim, args.covariance, prior=prior)
     if args.methods is None:
         names = list(GMM_DEFAULT_METHODS)
     else:
@@ -165,6 +169,38 @@ def _compare_gmm(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         seed=args.seed,
         dataset="gmm2d",
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    print(result)
+    print(f"\nwrote {len(result.files)} files to {args.out}")
+    return 0
+
+
+def _compare_digits(args: argparse.Namespace) -> int:
+    from pyro_attention.data import load_digits_binary
+    from pyro_attention.infer.compare import compare
+    from pyro_attention.models import BernoulliMixture
+
+    device = _device(args.device)
+    digits = load_digits_binary(dtype=getattr(torch, args.dtype), device=device)
+    model = BernoulliMixture(args.components or 10, 64, image_shape=digits.image_shape)
+    names = (
+        DIGITS_DEFAULT_METHODS
+        if args.methods is None
+        else [m.strip() for m in args.methods.split(",") if m.strip()]
+    )
+    result = compare(
+        model,
+        digits.train,
+        digits.test,
+        [get_method(name) for name in names],
+        num_steps=1000 if args.steps is None else args.steps,
+        lr=0.05 if args.lr is None else args.lr,
+        subsample_size=args.subsample_size,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        dataset="digits8x8",
         out=args.out,
         progress=not args.no_progress,
     )
@@ -240,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare_gmm(args)
         if args.command == "compare" and args.model == "alignment":
             return _compare_alignment(args)
+        if args.command == "compare" and args.model == "digits":
+            return _compare_digits(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

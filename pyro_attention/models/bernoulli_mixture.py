@@ -58,6 +58,7 @@ class BernoulliMixture(AlignmentModel):
     :param num_components: ``K``; :param dim: ``D`` (pixels).
     :param weight_concentration: :math:`\\alpha_0` (1: uniform over the simplex).
     :param beta_prior: :math:`(a_0, b_0)`; the default ``(2, 2)`` keeps MAP means off 0 and 1.
+    :param image_shape: ``(H, W)`` with ``H * W = D`` to draw the components as images.
     """
 
     name: ClassVar[str] = "bernoulli_mixture"
@@ -68,6 +69,7 @@ class BernoulliMixture(AlignmentModel):
         dim: int,
         weight_concentration: float = 1.0,
         beta_prior: tuple[float, float] = (2.0, 2.0),
+        image_shape: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.num_components = check_positive_int(num_components, "num_components")
@@ -79,6 +81,9 @@ class BernoulliMixture(AlignmentModel):
             )
         self.weight_concentration = float(weight_concentration)
         self.beta_prior = (float(beta_prior[0]), float(beta_prior[1]))
+        if image_shape is not None and image_shape[0] * image_shape[1] != dim:
+            raise ValueError(f"image_shape {image_shape} does not hold dim={dim} pixels")
+        self.image_shape = image_shape
 
     def model(self, data: torch.Tensor, *, subsample_size: int | None = None) -> None:
         """The generative model of binary ``data`` ``(N, D)``."""
@@ -193,6 +198,23 @@ class BernoulliMixture(AlignmentModel):
         return BernoulliEMResult(
             weights, probs, log_liks, objectives, len(objectives), converged, resp
         )
+
+    def plot_posterior(self, ax: Any, data: torch.Tensor, samples: dict) -> None:
+        """The posterior-mean components in a row, heaviest first (as images if
+        ``image_shape`` is set, else as a components × pixels matrix)."""
+        probs = samples["probs"].mean(0).detach().cpu()
+        order = samples["weights"].mean(0).detach().cpu().argsort(descending=True)
+        probs = probs[order]
+        if self.image_shape is None:
+            ax.imshow(probs.numpy(), cmap="gray_r", vmin=0, vmax=1, aspect="auto")
+            ax.set_xlabel("pixel")
+            ax.set_ylabel("component")
+            return
+        height, width = self.image_shape
+        tiles = torch.ones(len(probs), height, width + 1) * 0.0
+        tiles[:, :, :width] = probs.reshape(-1, height, width)
+        ax.imshow(tiles.permute(1, 0, 2).reshape(height, -1).numpy(), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_axis_off()
 
     def arviz_dims(self) -> dict[str, list[str]]:
         return {"weights": ["component"], "probs": ["component", "pixel"]}
