@@ -55,13 +55,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import time
 
 import pyro
 import torch
-from _common import environment, save_figures
+from _common import environment, print_machine, run_to_target, save_figures
 from pyro.infer import SVI
 from pyro.optim import ClippedAdam
 
@@ -148,60 +147,24 @@ def run_svi(name: str, train: torch.Tensor, test: torch.Tensor, target: float, a
     pyro.set_rng_seed(args.seed)
     w0, c0 = time.perf_counter(), time.process_time()
     model, guide, svi = _build(name, train, args)
-    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-
-    trace: list[dict] = []
-    reached = None
-    status = "ok"
-    step = 0
-    while step < args.steps:
-        w0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(min(args.eval_every, args.steps - step)):
-            value = svi.step(train)
-            step += 1
-            if not math.isfinite(value):
-                status = f"non-finite loss at step {step}"
-                break
-        wall += time.perf_counter() - w0
-        cpu += time.process_time() - c0
-        if status != "ok":
-            break
-        rng = pyro.util.get_rng_state()  # evaluation must not move the training's random state
-        scores = _score(model, guide, train, test, args)
-        pyro.util.set_rng_state(rng)
-        trace.append(
-            {
-                "step": step,
-                "seconds": wall,
-                "cpu_seconds": cpu,
-                "heldout_loglik": scores["plug-in"],
-                "heldout_lpd": scores["lpd"],
-                "loss_per_point": float(value) / train.shape[0],
-            }
-        )
-        if reached is None and scores[args.score] >= target:
-            reached = trace[-1]
-            if args.stop_at_target:
-                break
-    key = "heldout_loglik" if args.score == "plug-in" else "heldout_lpd"
-    nan = float("nan")
-    final = trace[-1] if trace else {"heldout_loglik": nan, "heldout_lpd": nan}
+    row = run_to_target(
+        svi,
+        train,
+        lambda: _score(model, guide, train, test, args),
+        target,
+        score=args.score,
+        max_steps=args.steps,
+        eval_every=args.eval_every,
+        stop_at_target=args.stop_at_target,
+        wall=time.perf_counter() - w0,
+        cpu=time.process_time() - c0,
+    )
+    final = row["trace"][-1] if row["trace"] else {"plug-in": math.nan, "lpd": math.nan}
     return {
         "method": name,
-        "status": status,
-        "reached": reached is not None,
-        "steps_to_target": None if reached is None else reached["step"],
-        "seconds_to_target": None if reached is None else reached["seconds"],
-        "cpu_seconds_to_target": None if reached is None else reached["cpu_seconds"],
-        "steps": step,
-        "seconds": wall,
-        "cpu_seconds": cpu,
-        "ms_per_step": 1e3 * wall / max(step, 1),
-        "final_score": final[key],
-        "best_score": max((t[key] for t in trace), default=nan),
-        "final_heldout_loglik": final["heldout_loglik"],
-        "final_heldout_lpd": final["heldout_lpd"],
-        "trace": trace,
+        **row,
+        "final_heldout_loglik": final["plug-in"],
+        "final_heldout_lpd": final["lpd"],
     }
 
 
@@ -245,12 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     data = load_digits_binary()
     train, test = data.train, data.test
-    load_before = os.getloadavg()
-    print(
-        f"python {platform.python_version()}, torch {torch.__version__}, pyro {pyro.__version__}"
-        f", threads={torch.get_num_threads()}, cpus={os.cpu_count()}, load average (1, 5, 15 "
-        f"min) {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}"
-    )
+    load_before = print_machine()
     print(
         f"digits: train {tuple(train.shape)}, test {tuple(test.shape)}; BernoulliMixture K="
         f"{args.components}; lr={args.lr}, eval every {args.eval_every} steps; target on "

@@ -45,13 +45,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import time
 
 import pyro
 import torch
-from _common import environment, save_figures
+from _common import environment, print_machine, run_to_target, save_figures
 from pyro.infer import SVI
 from pyro.optim import ClippedAdam
 
@@ -129,65 +128,29 @@ def run_svi(name: str, train: torch.Tensor, test: torch.Tensor, target: float, a
         svi.step(train)
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
-    wall, cpu = 0.0, 0.0
     w0, c0 = time.perf_counter(), time.process_time()
     gmm = BayesianGMM(args.k, train.shape[1], args.covariance)
     gmm.initialize(train, seed=args.seed)
     guide = method.guide(gmm)
     svi = SVI(method.prepare(gmm.model), guide, ClippedAdam({"lr": args.lr}), method.loss(1))
-    wall += time.perf_counter() - w0
-    cpu += time.process_time() - c0
 
-    trace: list[dict] = []
-    reached = None
-    status = "ok"
-    step = 0
-    while step < args.max_steps:
-        w0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(min(args.eval_every, args.max_steps - step)):
-            value = svi.step(train)
-            step += 1
-            value = value[0] if isinstance(value, tuple) else value  # rws: (theta, phi) losses
-            if not math.isfinite(value):
-                status = f"non-finite loss at step {step}"
-                break
-        wall += time.perf_counter() - w0
-        cpu += time.process_time() - c0
-        if status != "ok":
-            break
-        rng = pyro.util.get_rng_state()  # evaluation must not move the training's random state
+    def evaluate() -> dict[str, float]:
         draws = sample_guide_globals(guide, gmm, train, args.draws)
-        lpd = heldout_lpd(gmm, draws.samples, test)
-        pyro.util.set_rng_state(rng)
-        trace.append(
-            {
-                "step": step,
-                "seconds": wall,
-                "cpu_seconds": cpu,
-                "heldout_lpd": lpd,
-                "loss": float(value),
-            }
-        )
-        if reached is None and lpd >= target:
-            reached = trace[-1]
-            if args.stop_at_target:
-                break
-    final = trace[-1] if trace else {"step": step, "heldout_lpd": float("nan")}
-    return {
-        "method": name,
-        "status": status,
-        "reached": reached is not None,
-        "steps_to_target": None if reached is None else reached["step"],
-        "seconds_to_target": None if reached is None else reached["seconds"],
-        "cpu_seconds_to_target": None if reached is None else reached["cpu_seconds"],
-        "steps": step,
-        "seconds": wall,
-        "cpu_seconds": cpu,
-        "ms_per_step": 1e3 * wall / max(step, 1),
-        "final_heldout_lpd": final["heldout_lpd"],
-        "best_heldout_lpd": max((t["heldout_lpd"] for t in trace), default=float("nan")),
-        "trace": trace,
-    }
+        return {"heldout_lpd": heldout_lpd(gmm, draws.samples, test)}
+
+    row = run_to_target(
+        svi,
+        train,
+        evaluate,
+        target,
+        score="heldout_lpd",
+        max_steps=args.max_steps,
+        eval_every=args.eval_every,
+        stop_at_target=args.stop_at_target,
+        wall=time.perf_counter() - w0,
+        cpu=time.process_time() - c0,
+    )
+    return {"method": name, **row}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -245,12 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
         train, test = synthetic_data(
             args.n_train, args.n_test, args.dim, args.true_k, args.seed, args.separation
         )
-    load_before = os.getloadavg()
-    print(
-        f"python {platform.python_version()}, torch {torch.__version__}, pyro {pyro.__version__}"
-        f", threads={torch.get_num_threads()}, cpus={os.cpu_count()}, load average (1, 5, 15 "
-        f"min) {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}"
-    )
+    load_before = print_machine()
     print(
         f"data {args.data}: train {tuple(train.shape)}, test {tuple(test.shape)}; model K="
         f"{args.k}, {args.covariance} covariance; lr={args.lr}, eval every {args.eval_every} "
@@ -295,8 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
         note = "" if row["status"] == "ok" else f"  ({row['status']})"
         print(
             f"{name:>10} | {reach} | {row['ms_per_step']:>7.2f} {row['steps']:>6} "
-            f"{row['final_heldout_lpd']:>9.4f} {row['best_heldout_lpd']:>9.4f} "
-            f"{row['final_heldout_lpd'] - l_cavi:>14.4f}{note}",
+            f"{row['final_score']:>9.4f} {row['best_score']:>9.4f} "
+            f"{row['final_score'] - l_cavi:>14.4f}{note}",
             flush=True,
         )
     load_after = os.getloadavg()

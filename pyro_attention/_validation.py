@@ -69,3 +69,14 @@ def check_positive_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_mixture_data(data: object, dim: int, num_components: int) -> torch.Tensor:
+    """``data`` checked as ``(N, dim)`` finite floats with at least ``num_components`` points."""
+    data = check_tensor(data, "data", ndim=2, last_dim=dim)
+    if data.shape[0] < num_components:
+        raise ValueError(
+            f"data has {data.shape[0]} points but the model has {num_components} "
+            "components; use fewer components or more data"
+        )
+    return data

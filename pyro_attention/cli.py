@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -129,9 +130,40 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def _method_names(args: argparse.Namespace, default: Sequence[str]) -> list[str]:
+    """``--methods`` split at commas, or ``default``."""
+    if args.methods is None:
+        return list(default)
+    return [m.strip() for m in args.methods.split(",") if m.strip()]
+
+
+def _run_compare(
+    model: Any, train: Any, test: Any, methods: list, dataset: str, args: argparse.Namespace
+) -> int:
+    """:func:`~pyro_attention.infer.compare.compare` with the command's options; print it."""
+    from pyro_attention.infer.compare import compare
+
+    result = compare(
+        model,
+        train,
+        test,
+        methods,
+        num_steps=1000 if args.steps is None else args.steps,
+        lr=0.05 if args.lr is None else args.lr,
+        subsample_size=args.subsample_size,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        dataset=dataset,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    print(result)
+    print(f"\nwrote {len(result.files)} files to {args.out}")
+    return 0
+
+
 def _compare_gmm(args: argparse.Namespace) -> int:
     from pyro_attention.data import load_gmm2d
-    from pyro_attention.infer.compare import compare
     from pyro_attention.models import BayesianGMM
     from pyro_attention.models.gmm_conjugate import GMMPrior
 
@@ -141,72 +173,27 @@ def _compare_gmm(args: argparse.Namespace) -> int:
     dim = data.train.shape[1]
     prior = GMMPrior.default(dim, args.covariance, dtype=dtype)
     gmm = BayesianGMM(args.components or 4, dim, args.covariance, prior=prior)
-    if args.methods is None:
-        names = list(GMM_DEFAULT_METHODS)
-    else:
-        names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    methods = []
-    for name in names:
-        if name == "nuts":
-            methods.append(
-                get_method(
-                    "nuts",
-                    num_samples=args.nuts_samples,
-                    warmup_steps=args.nuts_warmup,
-                    num_chains=args.nuts_chains,
-                )
-            )
-        else:
-            methods.append(get_method(name))
-    result = compare(
-        gmm,
-        data.train,
-        data.test,
-        methods,
-        num_steps=1000 if args.steps is None else args.steps,
-        lr=0.05 if args.lr is None else args.lr,
-        subsample_size=args.subsample_size,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        dataset="gmm2d",
-        out=args.out,
-        progress=not args.no_progress,
-    )
-    print(result)
-    print(f"\nwrote {len(result.files)} files to {args.out}")
-    return 0
+    nuts = {
+        "num_samples": args.nuts_samples,
+        "warmup_steps": args.nuts_warmup,
+        "num_chains": args.nuts_chains,
+    }
+    methods = [
+        get_method(name, **(nuts if name == "nuts" else {}))
+        for name in _method_names(args, GMM_DEFAULT_METHODS)
+    ]
+    return _run_compare(gmm, data.train, data.test, methods, "gmm2d", args)
 
 
 def _compare_digits(args: argparse.Namespace) -> int:
     from pyro_attention.data import load_digits_binary
-    from pyro_attention.infer.compare import compare
     from pyro_attention.models import BernoulliMixture
 
     device = _device(args.device)
     digits = load_digits_binary(dtype=getattr(torch, args.dtype), device=device)
     model = BernoulliMixture(args.components or 10, 64, image_shape=digits.image_shape)
-    names = (
-        DIGITS_DEFAULT_METHODS
-        if args.methods is None
-        else [m.strip() for m in args.methods.split(",") if m.strip()]
-    )
-    result = compare(
-        model,
-        digits.train,
-        digits.test,
-        [get_method(name) for name in names],
-        num_steps=1000 if args.steps is None else args.steps,
-        lr=0.05 if args.lr is None else args.lr,
-        subsample_size=args.subsample_size,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        dataset="digits8x8",
-        out=args.out,
-        progress=not args.no_progress,
-    )
-    print(result)
-    print(f"\nwrote {len(result.files)} files to {args.out}")
-    return 0
+    methods = [get_method(name) for name in _method_names(args, DIGITS_DEFAULT_METHODS)]
+    return _run_compare(model, digits.train, digits.test, methods, "digits8x8", args)
 
 
 def _compare_alignment(args: argparse.Namespace) -> int:
@@ -224,11 +211,7 @@ def _compare_alignment(args: argparse.Namespace) -> int:
     )
     batches_per_epoch = -(-len(data.train) // args.batch_size)
     steps = args.steps or max(1, round(args.epochs * batches_per_epoch))
-    names = (
-        PAPER_METHODS
-        if args.methods is None
-        else [m.strip() for m in args.methods.split(",") if m.strip()]
-    )
+    names = _method_names(args, PAPER_METHODS)
     options = {
         "rws": {"num_particles": args.rws_particles, "local": True},
         "gumbel": {"temperature": args.temperature},

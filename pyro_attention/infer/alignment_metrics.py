@@ -181,7 +181,7 @@ def score_alignments(
         raise ValueError(f"k must be >= 1, got {k}")
     scores = AlignmentScores(k=k)
     nesting = model_obj.max_plate_nesting
-    soft = method.name == "soft"
+    soft = method.alignment_guide == "deterministic"  # soft attention: its own likelihood
     predictive = method.predictive(model_obj.model)
     for batch in batches:
         batch = model_obj.check_data(batch)

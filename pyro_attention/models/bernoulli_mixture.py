@@ -23,7 +23,7 @@ import pyro.distributions as dist
 import torch
 from tqdm import tqdm
 
-from pyro_attention._validation import check_positive_int, check_tensor
+from pyro_attention._validation import check_mixture_data, check_positive_int
 from pyro_attention.alignment import alignment, attend
 from pyro_attention.models.base import AlignmentModel
 
@@ -107,14 +107,9 @@ class BernoulliMixture(AlignmentModel):
 
     def check_data(self, data: Any) -> torch.Tensor:
         """Refuse non-binary, NaN, wrong-shape or too-small data."""
-        data = check_tensor(data, "data", ndim=2, last_dim=self.dim)
+        data = check_mixture_data(data, self.dim, self.num_components)
         if not torch.all((data == 0) | (data == 1)):
             raise ValueError("data must be binary (0/1); binarize it first, e.g. (x > 0.5).float()")
-        if data.shape[0] < self.num_components:
-            raise ValueError(
-                f"data has {data.shape[0]} points but the model has {self.num_components} "
-                "components; use fewer components or more data"
-            )
         return data
 
     def num_points(self, data: torch.Tensor) -> int:

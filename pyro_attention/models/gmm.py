@@ -29,7 +29,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_attention._validation import check_positive_int, check_tensor
+from pyro_attention._validation import check_mixture_data, check_positive_int
 from pyro_attention.alignment import alignment, attend
 from pyro_attention.distributions import Wishart
 from pyro_attention.models.base import AlignmentModel
@@ -137,13 +137,7 @@ class BayesianGMM(AlignmentModel):
     # ------------------------------------------------------------------ data
     def check_data(self, data: Any) -> torch.Tensor:
         """Refuse non-tensors, non-float, wrong shape, empty, NaN/inf, too few points."""
-        data = check_tensor(data, "data", ndim=2, last_dim=self.dim)
-        if data.shape[0] < self.num_components:
-            raise ValueError(
-                f"data has {data.shape[0]} points but the model has {self.num_components} "
-                "components; use fewer components or more data"
-            )
-        return data
+        return check_mixture_data(data, self.dim, self.num_components)
 
     def num_points(self, data: torch.Tensor) -> int:
         return data.shape[0]
