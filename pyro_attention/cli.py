@@ -3,10 +3,14 @@
 ``pyro-attention compare gmm`` fits the Bayesian GMM to the embedded data with every applicable
 inference method and prints/writes the comparison; ``pyro-attention compare alignment`` trains
 the latent-alignment seq2seq model on a generated task with the nine objectives of Deng et al.
-(2018)::
+(2018); ``pyro-attention compare digits`` fits the Bernoulli mixture of binarized digits and
+compares the missing-pixel lookup; ``pyro-attention sla`` runs the stacked-attention depth
+study::
 
     pyro-attention compare gmm --methods enum,cavi --steps 3000 --device cuda --out runs/gmm
     pyro-attention compare alignment --task dates --epochs 40 --out runs/dates
+    pyro-attention compare digits --threads 1 --out runs/digits
+    pyro-attention sla --depths 1,2,4,8 --out runs/sla
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from pyro_attention._validation import check_positive_int
 from pyro_attention.infer.registry import get_method, method_names
 
 MODELS = ("gmm", "alignment", "digits")
@@ -115,12 +121,86 @@ def _parser() -> argparse.ArgumentParser:
     )
     seq.add_argument("--kmax", type=int, default=5, help="K of the top-K perplexity (default 5)")
     seq.add_argument("--data-seed", type=int, default=0, help="seed of the generated examples")
+    dig = cmp.add_argument_group("digits options")
+    dig.add_argument(
+        "--transformer-steps",
+        type=int,
+        default=2000,
+        help="training steps of the pixel transformer of the lookup comparison (0: leave it out)",
+    )
+    dig.add_argument(
+        "--knn", type=int, default=5, help="k of the nearest-neighbour lookup (default 5)"
+    )
+    dig.add_argument(
+        "--no-lookup",
+        action="store_true",
+        help="skip the missing-pixel lookup comparison (mixtures, transformer, neighbours)",
+    )
     cmp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     cmp.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--out", default=None, help="output folder (default runs/<model>)")
     cmp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    cmp.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is often fastest on a busy machine)",
+    )
+
+    sla = sub.add_parser(
+        "sla",
+        help="depth study: plain vs stacked latent attention on k-hop pointer chasing",
+    )
+    sla.add_argument(
+        "--depths", default="1,2,3,4,5,6,7,8", help="comma-separated numbers of layers"
+    )
+    sla.add_argument("--hops", type=int, default=3, help="pointer hops of the task (default 3)")
+    sla.add_argument("--seeds", default="0,1", help="comma-separated training seeds (default 0,1)")
+    sla.add_argument("--variants", default="plain,latent", help="plain and/or latent")
+    sla.add_argument("--steps", type=int, default=1500, help="Adam steps per run (default 1500)")
+    sla.add_argument("--batch-size", type=int, default=128, help="examples per step (128)")
+    sla.add_argument("--items", type=int, default=6, help="items per example (default 6)")
+    sla.add_argument("--key-dim", type=int, default=8, help="key size (default 8)")
+    sla.add_argument("--hidden", type=int, default=32, help="latent-map size (default 32)")
+    sla.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (1e-2)")
+    sla.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    sla.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    sla.add_argument("--out", default="runs/sla", help="output folder (default runs/sla)")
+    sla.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    """``"1,2,3"`` as ``[1, 2, 3]``; a clear error for anything else."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
+def _sla(args: argparse.Namespace) -> int:
+    from pyro_attention.experiments.sla_depth import sla_depth_study
+
+    study = sla_depth_study(
+        _int_list(args.depths, "--depths"),
+        hops=args.hops,
+        seeds=_int_list(args.seeds, "--seeds"),
+        variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+        num_steps=args.steps,
+        batch_size=args.batch_size,
+        num_items=args.items,
+        key_dim=args.key_dim,
+        hidden_dim=args.hidden,
+        lr=args.lr,
+        device=_device(args.device),
+        num_threads=args.threads,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    print(study)
+    print(f"\nwrote {len(study.files)} files to {args.out}")
+    return 0
 
 
 def _device(name: str) -> torch.device:
@@ -139,7 +219,7 @@ def _method_names(args: argparse.Namespace, default: Sequence[str]) -> list[str]
 
 def _run_compare(
     model: Any, train: Any, test: Any, methods: list, dataset: str, args: argparse.Namespace
-) -> int:
+) -> Any:
     """:func:`~pyro_attention.infer.compare.compare` with the command's options; print it."""
     from pyro_attention.infer.compare import compare
 
@@ -158,8 +238,7 @@ def _run_compare(
         progress=not args.no_progress,
     )
     print(result)
-    print(f"\nwrote {len(result.files)} files to {args.out}")
-    return 0
+    return result
 
 
 def _compare_gmm(args: argparse.Namespace) -> int:
@@ -182,7 +261,9 @@ def _compare_gmm(args: argparse.Namespace) -> int:
         get_method(name, **(nuts if name == "nuts" else {}))
         for name in _method_names(args, GMM_DEFAULT_METHODS)
     ]
-    return _run_compare(gmm, data.train, data.test, methods, "gmm2d", args)
+    result = _run_compare(gmm, data.train, data.test, methods, "gmm2d", args)
+    print(f"\nwrote {len(result.files)} files to {args.out}")
+    return 0
 
 
 def _compare_digits(args: argparse.Namespace) -> int:
@@ -193,7 +274,35 @@ def _compare_digits(args: argparse.Namespace) -> int:
     digits = load_digits_binary(dtype=getattr(torch, args.dtype), device=device)
     model = BernoulliMixture(args.components or 10, 64, image_shape=digits.image_shape)
     methods = [get_method(name) for name in _method_names(args, DIGITS_DEFAULT_METHODS)]
-    return _run_compare(model, digits.train, digits.test, methods, "digits8x8", args)
+    if not args.no_lookup:  # refuse bad lookup options before any training
+        check_positive_int(args.knn, "--knn")
+        if args.transformer_steps < 0:
+            raise ValueError("--transformer-steps must be >= 0 (0 leaves the transformer out)")
+    comparison = _run_compare(model, digits.train, digits.test, methods, "digits8x8", args)
+    if not args.no_lookup:
+        from pyro_attention._io import write_json
+        from pyro_attention.experiments.digits_lookup import digits_lookup
+
+        lookup = digits_lookup(
+            {name: draws.samples for name, draws in comparison.draws.items()},
+            digits.train,
+            digits.test,
+            image_shape=digits.image_shape,
+            knn=args.knn,
+            transformer_steps=args.transformer_steps,
+            seed=args.seed,
+            out=args.out,
+            progress=not args.no_progress,
+        )
+        comparison.sections["lookup"] = {"settings": lookup.settings, "results": lookup.rows}
+        comparison.files += [
+            *lookup.files,
+            write_json(Path(args.out) / "summary.json", comparison.summary()),
+        ]
+        print("\nmissing pixels of the test digits (NLL per pixel in nats, accuracy):")
+        print(lookup)
+    print(f"\nwrote {len(set(comparison.files))} files to {args.out}")
+    return 0
 
 
 def _compare_alignment(args: argparse.Namespace) -> int:
@@ -252,6 +361,11 @@ def _compare_alignment(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-attention`` console script."""
     args = _parser().parse_args(argv)
+    if args.command == "compare" and args.threads is not None:
+        if args.threads < 1:
+            print("error: --threads must be a positive integer", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     if args.command == "compare" and args.out is None:
         args.out = f"runs/{args.task if args.model == 'alignment' else args.model}"
     try:
@@ -261,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare_alignment(args)
         if args.command == "compare" and args.model == "digits":
             return _compare_digits(args)
+        if args.command == "sla":
+            return _sla(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -55,6 +55,8 @@ class Comparison:
     fits: dict[str, FitResult] = field(default_factory=dict)
     draws: dict[str, PosteriorDraws] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    #: further results that belong in ``summary.json`` (e.g. ``{"lookup": {...}}``)
+    sections: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The ``summary.json`` content."""
@@ -64,6 +66,7 @@ class Comparison:
             "device": self.device,
             "seed": self.seed,
             "results": self.rows,
+            **self.sections,
         }
 
     def to_dataframe(self) -> Any:
