@@ -447,37 +447,16 @@ def _plot_accuracy(study: SLADepthStudy) -> Figure:
 def _plot_gradients(study: SLADepthStudy) -> Figure:
     fig = Figure(figsize=(11, 4))
     left, right = fig.subplots(1, 2)
+    curves = (  # (panel, column, line style, label)
+        (left, "grad_norm_first_init", "o-", "init"),
+        (left, "grad_norm_first_trained", "s--", "trained"),
+        (right, "grad_ratio_first_last", "o-", "init"),
+        (right, "grad_ratio_first_last_trained", "s--", "trained"),
+    )
     for i, (variant, rows) in enumerate(_by_variant(study).items()):
         depths = [r["depth"] for r in rows]
-        color = f"C{i}"
-        left.plot(
-            depths,
-            [r["grad_norm_first_init"] for r in rows],
-            "o-",
-            c=color,
-            label=f"{variant}, init",
-        )
-        left.plot(
-            depths,
-            [r["grad_norm_first_trained"] for r in rows],
-            "s--",
-            c=color,
-            label=f"{variant}, trained",
-        )
-        right.plot(
-            depths,
-            [r["grad_ratio_first_last"] for r in rows],
-            "o-",
-            c=color,
-            label=f"{variant}, init",
-        )
-        right.plot(
-            depths,
-            [r["grad_ratio_first_last_trained"] for r in rows],
-            "s--",
-            c=color,
-            label=f"{variant}, trained",
-        )
+        for ax, column, style, when in curves:
+            ax.plot(depths, [r[column] for r in rows], style, c=f"C{i}", label=f"{variant}, {when}")
     left.set_ylabel("‖∂loss/∂θ¹‖, first layer's attention parameters")
     right.set_ylabel("first-layer / last-layer gradient norm")
     for ax in (left, right):
