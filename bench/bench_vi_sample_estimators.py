@@ -119,7 +119,7 @@ def main() -> None:
         names = sorted(
             n
             for n in pyro.get_param_store().keys()
-            if n.startswith(("seq2seq", "alignment_encoder"))
+            if n.startswith(("seq2seq", "AutoAlignmentGuide.encoder"))
         )
         exact_grad = gradients(exact.loss(2), model.model, exact_guide, batch, names, 1)[0]
         draws = gradients(

@@ -67,7 +67,8 @@ ALIGNMENT_GUIDE_KINDS = (
     "relaxed",
     "dirichlet",
 )
-_LOCAL_KINDS = ("categorical", "enumerated", "relaxed", "dirichlet")
+#: guide kinds with a q(z) per alignment: a parameter per data point, unless amortized
+LOCAL_KINDS = ("categorical", "enumerated", "relaxed", "dirichlet")
 
 
 def _as_method(method: Any) -> Any:
@@ -95,7 +96,8 @@ class AutoAlignmentGuide(AutoGuide):
     :param global_guide: factory ``model -> AutoGuide`` for the other latent sites (default
         ``AutoNormal(model, init_loc_fn=init_loc_fn, init_scale=init_scale)``).
     :param encoder: optional amortization ``encoder(site_name, plates, *args, **kwargs) ->
-        logits`` (a ``torch.nn.Module`` is registered with ``pyro.module``).
+        logits``; a ``torch.nn.Module`` becomes a submodule of the guide, so its parameters
+        are in the param store once, as ``"AutoAlignmentGuide.encoder$$$<name>"``.
     :param local_features: optional ``local_features(plates, *args, **kwargs) -> Tensor``,
         per-site inputs for neural baselines (for a mixture: the subsampled data points).
     :param local_mask: optional ``local_mask(site_name, *args, **kwargs) -> bool Tensor``, the
@@ -175,7 +177,7 @@ class AutoAlignmentGuide(AutoGuide):
                 guide = self._global_guide_factory(hidden)
             guide.master = weakref.ref(self)
             self.global_guide = guide
-        if self.kind in _LOCAL_KINDS and self.encoder is None:
+        if self.kind in LOCAL_KINDS and self.encoder is None:
             for name, logits in self._initial_local_logits(args, kwargs).items():
                 if self.kind == "dirichlet":
                     probs = torch.softmax(logits, -1)
@@ -257,9 +259,7 @@ class AutoAlignmentGuide(AutoGuide):
             result.update(self.global_guide(*args, **kwargs))
         if self.kind == "prior":
             result.update(self._sample_from_prior(result, plates, args, kwargs))
-        elif self.kind in _LOCAL_KINDS:
-            if self.encoder is not None and isinstance(self.encoder, torch.nn.Module):
-                pyro.module("alignment_encoder", self.encoder)
+        elif self.kind in LOCAL_KINDS:
             for name, site in self.alignment_sites.items():
                 with self._site_context(name, site, plates, args, kwargs):
                     params = self._local_params(name, site, plates, args, kwargs)

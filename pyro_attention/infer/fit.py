@@ -220,6 +220,19 @@ def svi_fit(
     data = model_obj.check_data(data)
     if batches is not None and subsample_size is not None:
         raise ValueError("pass either batches or subsample_size, not both")
+    from pyro_attention.guides.auto import LOCAL_KINDS  # guides import the infer package
+
+    if (
+        batches is not None
+        and guide is None
+        and method.alignment_guide in LOCAL_KINDS
+        and getattr(model_obj, "encoder", None) is None
+    ):
+        raise ValueError(
+            f"{method.name} on {type(model_obj).__name__} keeps one q(z) per point of data, "
+            "which mini-batches from batches= cannot be matched to; give the model an "
+            "amortized encoder (encoder=...), or step on subsamples with subsample_size="
+        )
     if seed is not None:
         pyro.set_rng_seed(seed)
     model_obj.initialize(data)

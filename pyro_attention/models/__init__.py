@@ -1,6 +1,6 @@
 """Generative models, one per module, each with the guide for every inference method."""
 
-from pyro_attention.models.base import AlignmentModel
+from pyro_attention.models.base import AlignmentModel, PointMixtureModel
 from pyro_attention.models.bernoulli_mixture import BernoulliMixture
 from pyro_attention.models.gmm import BayesianGMM
 from pyro_attention.models.gmm_conjugate import GMMPrior
@@ -12,4 +12,5 @@ __all__ = [
     "BernoulliMixture",
     "GMMPrior",
     "LatentAlignmentSeq2Seq",
+    "PointMixtureModel",
 ]

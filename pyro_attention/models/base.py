@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import pyro
 import torch
 from pyro.infer.autoguide.initialization import init_to_sample, init_to_value
 from pyro.nn import PyroModule
@@ -105,3 +106,24 @@ class AlignmentModel(PyroModule):
     def arviz_dims(self) -> dict[str, list[str]]:
         """Names of the non-sample dims of each site, for the ArviZ bridge."""
         return {}
+
+
+class PointMixtureModel(AlignmentModel):
+    """A mixture over the rows of one data tensor ``(N, D)``: one ``alignment`` per point inside
+    the plate :attr:`data_plate` at ``dim=-1``, and ``model(data, *, subsample_size=None)``.
+
+    Its guide builds that plate from each call's ``data`` (:meth:`create_plates`), so
+    ``fit(..., batches=...)`` may step on mini-batches of any size."""
+
+    def num_points(self, data: torch.Tensor) -> int:
+        return data.shape[0]
+
+    def create_plates(
+        self, data: torch.Tensor, *, subsample_size: int | None = None, **kwargs: Any
+    ) -> pyro.plate:
+        """The data plate of this call's ``data`` (subsampled if ``subsample_size``)."""
+        return pyro.plate(self.data_plate, data.shape[0], subsample_size=subsample_size, dim=-1)
+
+    def local_features(self, plates: dict, data: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """The points of the current subsample, ``(B, D)``."""
+        return data.index_select(0, plates[self.data_plate].indices)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pyro_attention._validation import check_mixture_data, check_positive_int
 from pyro_attention.alignment import alignment, attend
-from pyro_attention.models.base import AlignmentModel
+from pyro_attention.models.base import PointMixtureModel
 
 
 @dataclass
@@ -52,7 +52,7 @@ class BernoulliEMResult:
         return {"weights": self.weights.unsqueeze(0), "probs": self.probs.unsqueeze(0)}
 
 
-class BernoulliMixture(AlignmentModel):
+class BernoulliMixture(PointMixtureModel):
     """Mixture of ``K`` products of ``D`` Bernoullis with conjugate priors.
 
     :param num_components: ``K``; :param dim: ``D`` (pixels).
@@ -112,9 +112,6 @@ class BernoulliMixture(AlignmentModel):
             raise ValueError("data must be binary (0/1); binarize it first, e.g. (x > 0.5).float()")
         return data
 
-    def num_points(self, data: torch.Tensor) -> int:
-        return data.shape[0]
-
     def _initial_probs(self, data: torch.Tensor, seed: int) -> torch.Tensor:
         """Farthest-point seeding: a random first point, then each next point the farthest (in
         Hamming distance) from those chosen, shrunk towards 1/2 (identical starts would stay
@@ -133,10 +130,6 @@ class BernoulliMixture(AlignmentModel):
             "weights": data.new_full((self.num_components,), 1.0 / self.num_components),
             "probs": self._initial_probs(data, seed),
         }
-
-    def local_features(self, plates: dict, data: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """The points of the current subsample, ``(B, D)``."""
-        return data.index_select(0, plates[self.data_plate].indices)
 
     # ------------------------------------------------------------------ closed form
     def log_joint_terms(

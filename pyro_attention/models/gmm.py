@@ -32,7 +32,7 @@ import torch
 from pyro_attention._validation import check_mixture_data, check_positive_int
 from pyro_attention.alignment import alignment, attend
 from pyro_attention.distributions import Wishart
-from pyro_attention.models.base import AlignmentModel
+from pyro_attention.models.base import PointMixtureModel
 from pyro_attention.models.gmm_conjugate import (
     CAVIResult,
     EMResult,
@@ -49,7 +49,7 @@ def precision_to_scale_tril(precision: torch.Tensor) -> torch.Tensor:
     return torch.linalg.cholesky(covariance)
 
 
-class BayesianGMM(AlignmentModel):
+class BayesianGMM(PointMixtureModel):
     """Bayesian Gaussian mixture with conjugate priors.
 
     :param num_components: ``K >= 1``.
@@ -139,9 +139,6 @@ class BayesianGMM(AlignmentModel):
         """Refuse non-tensors, non-float, wrong shape, empty, NaN/inf, too few points."""
         return check_mixture_data(data, self.dim, self.num_components)
 
-    def num_points(self, data: torch.Tensor) -> int:
-        return data.shape[0]
-
     def initialize(self, data: torch.Tensor, seed: int = 0) -> None:
         """Initial globals: k-means++ centres as ``locs``, uniform weights, prior precisions."""
         resp = kmeans_responsibilities(data, self.num_components, seed)
@@ -159,10 +156,6 @@ class BayesianGMM(AlignmentModel):
             "locs": centers,
             "precisions": precisions.clone(),
         }
-
-    def local_features(self, plates: dict, data: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """The points of the current subsample, ``(B, D)``."""
-        return data.index_select(0, plates[self.data_plate].indices)
 
     def _encode(self, name: str, plates: dict, data: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         encoder = pyro.module("gmm_encoder", self._encoder_module)

@@ -135,11 +135,7 @@ def test_batches_and_subsample_size_refused(device):
 
 
 def gmm_batches(points):
-    """A callable of two batches an epoch, their order reversed in odd epochs.
-
-    The GMM's plate takes its size from the data the guide was built on, so its batches have
-    the size of the ``data`` passed to :func:`fit`.
-    """
+    """A callable of two batches an epoch, their order reversed in odd epochs."""
 
     def batches(epoch):
         chunks = [points[:300], points[300:600]]
@@ -243,3 +239,24 @@ def test_dirichlet_step_points_cover_the_pretraining(device):
     result = fit(model, train, method, batches=batches, num_steps=5, seed=0, progress=False)
     assert len(result.extra["step_points"]) == result.steps
     assert sum(result.extra["step_points"]) == result.points_seen
+
+
+def test_gmm_batches_of_any_size(device):
+    """The guide's plate follows each batch: batches of 200 and 350 points."""
+    points = load_gmm2d(device=device).train
+    gmm = BayesianGMM(3, 2, "diag")
+    batches = [points[:200], points[200:550]]
+    result = fit(gmm, points[:300], "enum", batches=batches, num_steps=4, seed=0, progress=False)
+    assert result.extra["step_points"] == [200, 350, 200, 350]
+    assert result.points_seen == 1100
+    # each loss is over its own batch: per point they agree, in total they scale with the size
+    per_point = [v / n for v, n in zip(result.losses, result.extra["step_points"], strict=True)]
+    assert max(per_point) < 1.3 * min(per_point)
+    assert result.losses[1] > 1.4 * result.losses[0] and result.losses[3] > 1.4 * result.losses[2]
+
+
+@pytest.mark.parametrize("method", ["reinforce", "vi-enum", "gumbel"])
+def test_per_point_guides_refuse_batches(device, method):
+    points = load_gmm2d(device=device).train
+    with pytest.raises(ValueError, match="encoder"):
+        fit(BayesianGMM(3, 2, "diag"), points[:300], method, batches=[points[:100]], num_steps=1)

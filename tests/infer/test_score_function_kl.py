@@ -77,11 +77,7 @@ def flat(tensors):
 
 
 def traced_params(fn, *args):
-    """Run ``fn(*args)``; its result and the parameters it read, by name, each tensor once.
-
-    The inference network is registered twice (as a submodule of the guide, a PyroModule, and
-    by ``pyro.module("alignment_encoder", ...)``): two names for the same tensors.
-    """
+    """Run ``fn(*args)``; its result and the parameters it read, by name, each tensor once."""
     with poutine.trace(param_only=True) as capture:
         result = fn(*args)
     sites, seen = {}, set()

@@ -181,3 +181,25 @@ def test_chunked_emission_equals_unchunked_loss_and_gradient(device, chunk):
 def test_emission_chunk_size_is_checked():
     with pytest.raises(ValueError, match="emission_chunk_size"):
         LatentAlignmentSeq2Seq(5, 5, emission_chunk_size=0)
+
+
+@pytest.mark.parametrize("method", ["vi-enum", "vi-sample"])
+def test_every_parameter_is_stored_once(device, method):
+    """The inference network is one set of tensors under one name in the param store (a
+    checkpoint holds it once) and every stored tensor is trained."""
+    import pyro
+
+    model, batch = tiny(device, torch.float32)
+    m = get_method(method)
+    guide = model.guide(m)
+    svi = SVI(m.prepare(model.model), guide, ClippedAdam({"lr": 0.01}), m.loss(2))
+    svi.step(batch)
+    store = pyro.get_param_store()
+    tensors = [store.get_param(name).unconstrained() for name in store.keys()]
+    assert len({id(t) for t in tensors}) == len(tensors)
+    encoder_names = [n for n in store.keys() if n.startswith("AutoAlignmentGuide.encoder$$$")]
+    assert len(encoder_names) == len(list(model.encoder.parameters()))
+    before = [t.detach().clone() for t in tensors]
+    svi.step(batch)
+    unchanged = [n for n, t, b in zip(store.keys(), tensors, before, strict=True) if t.equal(b)]
+    assert not unchanged
