@@ -202,6 +202,7 @@ def svi_fit(
     optim: PyroOptim | None = None,
     subsample_size: int | None = None,
     batches: Batches | None = None,
+    batch_offset: int = 0,
     seed: int | None = None,
     progress: bool = True,
     checkpoint: str | Path | None = None,
@@ -215,6 +216,7 @@ def svi_fit(
     function ``epoch -> iterable of batches`` (e.g. ``lambda epoch: dataset.batches("train",
     32, shuffle=True, seed=epoch)``) or a re-iterable such as a list; ``data`` is then the
     whole training set (checked, used to initialise the model and for posterior draws).
+    ``batch_offset`` batches are skipped first (those an earlier phase of the same run used).
     """
     method.check(model_obj, subsample_size=subsample_size)
     data = model_obj.check_data(data)
@@ -262,7 +264,7 @@ def svi_fit(
         points_before = state.get("points_seen", 0)
 
     points_per_step = subsample_size or model_obj.num_points(data)
-    stream = None if batches is None else batch_stream(batches, start)
+    stream = None if batches is None else batch_stream(batches, batch_offset + start)
     points_seen = points_before
     step_points: list[int] = []
     snapshot = _param_snapshot()

@@ -377,6 +377,8 @@ class Dirichlet(InferenceMethod):
         pretrained = svi_fit(HardEnum(), model_obj, data, **first)
         total = options.get("num_steps", 1000)
         rest = {**options, "num_steps": max(total - pretrained.steps, 1), "seed": None}
+        # the Dirichlet phase goes on with the batches after those of the pre-training
+        rest["batch_offset"] = options.get("batch_offset", 0) + pretrained.steps
         try:
             result = svi_fit(self, model_obj, data, **rest)
         except NonFiniteLossError as err:

@@ -234,11 +234,13 @@ def test_dirichlet_pretraining_counts_in_steps_and_losses(device):
 
 def test_dirichlet_step_points_cover_the_pretraining(device):
     model, data = tiny(device)
-    train, batches, _ = three_batches(data, device)
+    train, batches, tokens = three_batches(data, device)
     method = get_method("dirichlet", pretrain_steps=2)
     result = fit(model, train, method, batches=batches, num_steps=5, seed=0, progress=False)
     assert len(result.extra["step_points"]) == result.steps
     assert sum(result.extra["step_points"]) == result.points_seen
+    # the Dirichlet phase goes on where the pre-training stopped, not at the first batch
+    assert result.extra["step_points"] == [tokens[0], tokens[1], tokens[2], tokens[0], tokens[1]]
 
 
 def test_gmm_batches_of_any_size(device):
