@@ -258,9 +258,10 @@ def train_pixel_transformer(
     train = _check_images(train, "train")
     check_positive_int(num_steps, "num_steps")
     check_positive_int(batch_size, "batch_size")
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # seeded, leaving the global generator alone
+        torch.manual_seed(seed)
+        model = PixelTransformer(train.shape[1], **options).to(train)
     generator = torch.Generator().manual_seed(seed)
-    model = PixelTransformer(train.shape[1], **options).to(train)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, num_steps)
     losses = []
