@@ -157,7 +157,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sla.add_argument("--hops", type=int, default=3, help="pointer hops of the task (default 3)")
     sla.add_argument("--seeds", default="0,1", help="comma-separated training seeds (default 0,1)")
-    sla.add_argument("--variants", default="plain,latent", help="plain and/or latent")
+    sla.add_argument(
+        "--variants",
+        default="plain,latent",
+        help="comma-separated: plain, latent, and the ablations latent-carry, latent-pool",
+    )
     sla.add_argument("--steps", type=int, default=1500, help="Adam steps per run (default 1500)")
     sla.add_argument("--batch-size", type=int, default=128, help="examples per step (128)")
     sla.add_argument("--items", type=int, default=6, help="items per example (default 6)")

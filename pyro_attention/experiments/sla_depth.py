@@ -10,8 +10,8 @@ to a test on a task where depth is needed: :math:`k`-hop pointer chasing
 by one hop only.
 
 For each variant (``"plain"``: :class:`~pyro_attention.nn.StackedAttention`, ``"latent"``:
-:class:`~pyro_attention.nn.StackedLatentAttention`), each depth :math:`L` and each seed, a
-classifier is trained from scratch:
+:class:`~pyro_attention.nn.StackedLatentAttention`, and its ablations ``"latent-carry"`` and
+``"latent-pool"``), each depth :math:`L` and each seed, a classifier is trained from scratch:
 
 .. math::
 
@@ -39,11 +39,12 @@ are in :attr:`SLADepthStudy.runs`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import platform
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,12 @@ from pyro_attention.nn.stacked_latent_attention import (
 
 __all__ = ["COLUMNS", "VARIANTS", "SLADepthStudy", "sla_depth_study"]
 
-VARIANTS: dict[str, type[_StackedAttentionBase]] = {
+#: the stacks compared: plain, latent (Fan & Zhou), and latent with one of its two paths only
+VARIANTS: dict[str, Callable[[int, int, int, int], _StackedAttentionBase]] = {
     "plain": StackedAttention,
     "latent": StackedLatentAttention,
+    "latent-carry": functools.partial(StackedLatentAttention, pool=False),
+    "latent-pool": functools.partial(StackedLatentAttention, carry=False),
 }
 COLUMNS = (
     "variant",
@@ -224,7 +228,9 @@ def sla_depth_study(
     :param hops: hops of the task (:func:`~pyro_attention.data.make_pointer_chasing`).
     :param seeds: one training run per seed, cell, and variant (model initialisation and
         training batches; the test set is the same for all).
-    :param variants: any of ``"plain"`` and ``"latent"``.
+    :param variants: any of :data:`VARIANTS`: ``"plain"``, ``"latent"``, and the ablations
+        ``"latent-carry"`` (the carried map only, no pooled map in the query) and
+        ``"latent-pool"`` (the pooled map in the query only, nothing carried).
     :param num_steps: Adam steps per run, each on a fresh batch.
     :param batch_size: examples per step (also per gradient-norm batch).
     :param num_items: items per example ``N`` (chance accuracy ``1/N``).

@@ -72,8 +72,6 @@ Example
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import nn
 
@@ -87,7 +85,7 @@ class _AttentionLayer(nn.Module):
     """One round: latent map, weights, read-out, query update (see the module docstring)."""
 
     def __init__(
-        self, item_dim: int, query_dim: int, hidden_dim: int, carry_dim: int, latent: bool
+        self, item_dim: int, query_dim: int, hidden_dim: int, carry_dim: int, pool: bool
     ) -> None:
         super().__init__()
         self.item_map = nn.Linear(item_dim + carry_dim, hidden_dim, bias=False)  # W_v^l
@@ -98,7 +96,7 @@ class _AttentionLayer(nn.Module):
             nn.Identity() if item_dim == query_dim else nn.Linear(item_dim, query_dim, bias=False)
         )
         # G^l: the pooled latent map into the query (stacked latent attention only)
-        self.pool = nn.Linear(hidden_dim, query_dim, bias=False) if latent else None
+        self.pool = nn.Linear(hidden_dim, query_dim, bias=False) if pool else None
 
     def attention_parameters(self) -> list[nn.Parameter]:
         """The parameters that make the latent map and the weights: ``W_v, W_u, b, w``."""
@@ -129,10 +127,18 @@ class _AttentionLayer(nn.Module):
 class _StackedAttentionBase(nn.Module):
     """Shared constructor, input checks and the layer loop of the two variants."""
 
-    latent: ClassVar[bool]
-
-    def __init__(self, item_dim: int, query_dim: int, hidden_dim: int, num_layers: int) -> None:
+    def __init__(
+        self,
+        item_dim: int,
+        query_dim: int,
+        hidden_dim: int,
+        num_layers: int,
+        *,
+        carry: bool = False,
+        pool: bool = False,
+    ) -> None:
         super().__init__()
+        self.carry, self.pool = bool(carry), bool(pool)
         self.item_dim = check_positive_int(item_dim, "item_dim")
         self.query_dim = check_positive_int(query_dim, "query_dim")
         self.hidden_dim = check_positive_int(hidden_dim, "hidden_dim")
@@ -142,8 +148,8 @@ class _StackedAttentionBase(nn.Module):
                 item_dim,
                 query_dim,
                 hidden_dim,
-                carry_dim=hidden_dim if (self.latent and l > 0) else 0,
-                latent=self.latent,
+                carry_dim=hidden_dim if (self.carry and l > 0) else 0,
+                pool=self.pool,
             )
             for l in range(num_layers)
         )
@@ -152,6 +158,7 @@ class _StackedAttentionBase(nn.Module):
         return (
             f"item_dim={self.item_dim}, query_dim={self.query_dim}, "
             f"hidden_dim={self.hidden_dim}, num_layers={self.num_layers}"
+            + (f", carry={self.carry}, pool={self.pool}" if self.carry or self.pool else "")
         )
 
     def attention_parameters(self, layer: int) -> list[nn.Parameter]:
@@ -257,7 +264,7 @@ class _StackedAttentionBase(nn.Module):
         u, carried, all_weights = query, None, []
         for layer in self.layers:
             u, weights, latent = layer(items, carried, u, mask, detach_weights)
-            carried = latent if self.latent else None
+            carried = latent if self.carry else None
             all_weights.append(weights)
         if return_weights:
             return u, torch.stack(all_weights, -2)
@@ -276,7 +283,8 @@ class StackedAttention(_StackedAttentionBase):
     :param num_layers: number of attention rounds :math:`L \ge 1`.
     """
 
-    latent = False
+    def __init__(self, item_dim: int, query_dim: int, hidden_dim: int, num_layers: int) -> None:
+        super().__init__(item_dim, query_dim, hidden_dim, num_layers)
 
 
 class StackedLatentAttention(_StackedAttentionBase):
@@ -290,6 +298,19 @@ class StackedLatentAttention(_StackedAttentionBase):
     :param query_dim: features of the query (and of the output).
     :param hidden_dim: size :math:`H` of the latent map.
     :param num_layers: number of attention rounds :math:`L \ge 1`.
+    :param carry: feed :math:`h^{l-1}` into layer :math:`l`'s latent map (default True).
+    :param pool: add :math:`G^l g^l` to the query update (default True). The two switches are
+        for ablations; with both off this is :class:`StackedAttention`.
     """
 
-    latent = True
+    def __init__(
+        self,
+        item_dim: int,
+        query_dim: int,
+        hidden_dim: int,
+        num_layers: int,
+        *,
+        carry: bool = True,
+        pool: bool = True,
+    ) -> None:
+        super().__init__(item_dim, query_dim, hidden_dim, num_layers, carry=carry, pool=pool)

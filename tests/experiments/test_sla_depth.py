@@ -96,3 +96,16 @@ def test_one_hop_is_learned_by_one_layer(device):
 def test_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sla_depth_study(**{"num_steps": 1, **TINY, **kwargs})
+
+
+def test_ablation_variants_run():
+    study = sla_depth_study(
+        (1, 2), variants=("latent-carry", "latent-pool"), seeds=(0,), num_steps=2, **TINY
+    )
+    assert [(r["variant"], r["depth"]) for r in study.rows] == [
+        ("latent-carry", 1),
+        ("latent-carry", 2),
+        ("latent-pool", 1),
+        ("latent-pool", 2),
+    ]
+    assert all(math.isfinite(r["nll"]) for r in study.rows)

@@ -1,5 +1,7 @@
 """Stacked attention, plain and latent: shapes, weights, a loop reference, gradient paths."""
 
+import functools
+
 import pytest
 import torch
 
@@ -69,14 +71,20 @@ def loop_reference(layer, items, query, mask):
             if lay.pool is not None:
                 update = update + lay.pool.weight @ sum(a[i] * latents[i] for i in allowed)
             u = u + update
-            carried = latents if layer.latent else None
+            carried = latents if layer.carry else None
             per_layer.append(torch.stack([a.get(i, u.new_zeros(())) for i in range(N)]))
         outs.append(u)
         all_weights.append(torch.stack(per_layer))
     return torch.stack(outs), torch.stack(all_weights)
 
 
-@pytest.mark.parametrize("cls", CLASSES)
+ABLATIONS = [
+    functools.partial(StackedLatentAttention, pool=False),
+    functools.partial(StackedLatentAttention, carry=False),
+]
+
+
+@pytest.mark.parametrize("cls", CLASSES + ABLATIONS, ids=["plain", "latent", "carry", "pool"])
 @pytest.mark.parametrize("num_layers", [1, 3])
 @pytest.mark.parametrize("item_dim", [DV, DQ])
 def test_agrees_with_loop_reference(device, cls, num_layers, item_dim):
@@ -87,6 +95,18 @@ def test_agrees_with_loop_reference(device, cls, num_layers, item_dim):
     ref_out, ref_weights = loop_reference(layer, items, query, mask)
     torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(weights, ref_weights, rtol=1e-10, atol=1e-10)
+
+
+def test_ablation_switches_build_the_named_paths():
+    carry_only, pool_only = (cls(DV, DQ, H, 3) for cls in ABLATIONS)
+    assert all(lay.pool is None for lay in carry_only.layers)
+    assert [lay.item_map.in_features for lay in carry_only.layers] == [DV, DV + H, DV + H]
+    assert all(lay.pool is not None for lay in pool_only.layers)
+    assert all(lay.item_map.in_features == DV for lay in pool_only.layers)
+    assert "carry=True, pool=False" in repr(carry_only)
+    neither = StackedLatentAttention(DV, DQ, H, 2, carry=False, pool=False)
+    plain = StackedAttention(DV, DQ, H, 2)
+    assert [p.shape for p in neither.parameters()] == [p.shape for p in plain.parameters()]
 
 
 def test_identity_read_when_dims_agree(device):
