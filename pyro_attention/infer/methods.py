@@ -305,6 +305,11 @@ class RWS(InferenceMethod):
     requires_observations_kwarg = True
 
     def __init__(self, num_particles: int = 10, insomnia: float = 1.0, local: bool = False) -> None:
+        if local and insomnia != 1.0:
+            raise ValueError(
+                f"insomnia={insomnia} needs a sleep phase, which local=True does not have; "
+                "use insomnia=1.0 with local=True, or local=False"
+            )
         self.num_particles = num_particles
         self.insomnia = insomnia
         self.local = local

@@ -83,6 +83,12 @@ def test_models_with_global_latents_are_refused():
         method.loss(1).loss(gmm.model, method.guide(gmm), x)
 
 
+def test_local_rws_refuses_a_sleep_phase():
+    with pytest.raises(ValueError, match="insomnia"):
+        get_method("rws", local=True, insomnia=0.5)
+    assert get_method("rws", local=False, insomnia=0.5).insomnia == 0.5
+
+
 def test_straight_through_gumbel_uses_the_exact_kl_of_the_choices():
     assert isinstance(get_method("gumbel").loss(2), TraceMeanField_ELBO)
     logits_q, logits_p = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 6).double()
