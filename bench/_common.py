@@ -1,11 +1,12 @@
-"""Shared by the benchmark scripts: the environment behind the figures, writing them, and the
-loop that trains an SVI until it reaches a reference score."""
+"""Shared by the benchmark scripts: the environment behind the figures, writing them, timing a
+closed-form reference, and the race of SVI methods to that reference's score."""
 
 from __future__ import annotations
 
 import math
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -102,3 +103,116 @@ def run_to_target(
         "best_score": max((t[score] for t in trace), default=math.nan),
         "trace": trace,
     }
+
+
+def time_median(fn: Callable[[], Any], repeats: int) -> tuple[Any, dict]:
+    """Call ``fn`` once untimed (first-call costs), then ``repeats`` times; return the last result
+    and ``{"seconds", "cpu_seconds"}`` (medians) and ``"seconds_all"``."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        result = fn()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    timing = {
+        "seconds": statistics.median(walls),
+        "cpu_seconds": statistics.median(cpus),
+        "seconds_all": walls,
+    }
+    return result, timing
+
+
+def svi_to_target(
+    build: Callable[[], tuple[Any, Callable[[], dict[str, float]]]],
+    data: Any,
+    target: float,
+    *,
+    seed: int,
+    **options: Any,
+) -> dict:
+    """:func:`run_to_target` on a fresh ``build() -> (svi, evaluate)``, its set-up timed.
+
+    Two untimed steps of a throwaway instance first take the one-time costs of the process
+    (lazy imports, first calls) out of the timing; then the param store is cleared, the seed set
+    and the timed instance built. ``options`` go to :func:`run_to_target`."""
+    pyro.clear_param_store()
+    svi, _ = build()
+    for _ in range(2):
+        svi.step(data)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    w0, c0 = time.perf_counter(), time.process_time()
+    svi, evaluate = build()
+    return run_to_target(
+        svi,
+        data,
+        evaluate,
+        target,
+        wall=time.perf_counter() - w0,
+        cpu=time.process_time() - c0,
+        **options,
+    )
+
+
+def race_to_reference(
+    reference: str,
+    ref: dict,
+    ref_score: float,
+    names: list[str],
+    run: Callable[[str], dict],
+    *,
+    max_steps: int,
+    extra: dict[str, tuple[float, str]] | None = None,
+) -> list[dict]:
+    """Print the race table and return one row per method.
+
+    :param reference: the closed-form method's name (``em``, ``cavi``); ``ref`` its timing with
+        ``iterations``, and ``ref_score`` its score.
+    :param run: ``name -> row`` of :func:`run_to_target` (with ``"method"``); the row gets
+        ``time_ratio_to_<reference>`` and ``cpu_time_ratio_to_<reference>`` (None if the
+        target was not reached).
+    :param extra: more columns, ``{header: (reference value, row key)}``.
+    """
+    extra = extra or {}
+    label = f"x {reference.upper()} time"
+    width = max(len(label), 9)
+    diff = f"final - L_{reference}"
+    head = (
+        f"{'method':>10} | {'steps to target':>15} {'s to target':>11} {label:>{width}} | "
+        f"{'ms/step':>7} {'steps':>6} {'final':>9} {'best':>9} {diff:>{len(diff)}}"
+        + "".join(f" {h:>9}" for h in extra)
+    )
+    print(head)
+    print("-" * len(head))
+    print(
+        f"{reference:>10} | {ref['iterations']:>15} {ref['seconds']:>11.3f} {1.0:>{width}.1f} | "
+        f"{1e3 * ref['seconds'] / ref['iterations']:>7.2f} {ref['iterations']:>6} "
+        f"{ref_score:>9.4f} {'':>9} {0.0:>{len(diff)}.4f}"
+        + "".join(f" {value:>9.4f}" for value, _ in extra.values())
+    )
+    ratio, cpu_ratio = f"time_ratio_to_{reference}", f"cpu_time_ratio_to_{reference}"
+    rows = []
+    for name in names:
+        row = run(name)
+        if row["reached"]:
+            row[ratio] = row["seconds_to_target"] / ref["seconds"]
+            row[cpu_ratio] = row["cpu_seconds_to_target"] / ref["cpu_seconds"]
+            reach = (
+                f"{row['steps_to_target']:>15} {row['seconds_to_target']:>11.2f} "
+                f"{row[ratio]:>{width}.0f}"
+            )
+        else:
+            row[ratio] = row[cpu_ratio] = None
+            reach = f"{f'not reached in {max_steps} steps':>{28 + width}}"
+        rows.append(row)
+        note = "" if row["status"] == "ok" else f"  ({row['status']})"
+        print(
+            f"{name:>10} | {reach} | {row['ms_per_step']:>7.2f} {row['steps']:>6} "
+            f"{row['final_score']:>9.4f} {row['best_score']:>9.4f} "
+            f"{row['final_score'] - ref_score:>{len(diff)}.4f}"
+            + "".join(f" {row[key]:>9.4f}" for _, key in extra.values())
+            + note,
+            flush=True,
+        )
+    return rows

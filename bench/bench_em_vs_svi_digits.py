@@ -55,12 +55,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import time
 
-import pyro
 import torch
-from _common import environment, print_machine, run_to_target, save_figures
+from _common import (
+    environment,
+    print_machine,
+    race_to_reference,
+    save_figures,
+    svi_to_target,
+    time_median,
+)
 from pyro.infer import SVI
 from pyro.optim import ClippedAdam
 
@@ -95,20 +100,12 @@ def heldout_lpd(
 
 def run_em(model: BernoulliMixture, train: torch.Tensor, test: torch.Tensor, args) -> dict:
     options = {"max_iter": args.em_max_iter, "tol": args.em_tol, "seed": args.seed}
-    model.em(train, **options)  # warm-up: first-call costs out of the timing
-    walls, cpus = [], []
-    for _ in range(args.em_repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        result = model.em(train, **options)
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
+    result, timing = time_median(lambda: model.em(train, **options), args.em_repeats)
     score = plugin_loglik(model, result.weights, result.probs, test)
     # the same point through the evaluator SVI's draws go through: the two must agree
     lpd = heldout_lpd(model, result.as_samples(), test)
     return {
-        "seconds": statistics.median(walls),
-        "cpu_seconds": statistics.median(cpus),
-        "seconds_all": walls,
+        **timing,
         "iterations": result.n_iter,
         "converged": result.converged,
         "objective_per_point": result.objective_trace[-1],
@@ -116,15 +113,6 @@ def run_em(model: BernoulliMixture, train: torch.Tensor, test: torch.Tensor, arg
         "heldout_loglik": score,
         "heldout_loglik_via_evaluator": lpd,
     }
-
-
-def _build(name: str, train: torch.Tensor, args):
-    method = get_method(name)
-    model = BernoulliMixture(args.components, train.shape[1])
-    model.initialize(train, seed=args.seed)
-    guide = method.guide(model)
-    svi = SVI(method.prepare(model.model), guide, ClippedAdam({"lr": args.lr}), method.loss(1))
-    return model, guide, svi
 
 
 def _score(model, guide, train, test, args) -> dict:
@@ -138,26 +126,25 @@ def _score(model, guide, train, test, args) -> dict:
 
 
 def run_svi(name: str, train: torch.Tensor, test: torch.Tensor, target: float, args) -> dict:
-    # warm-up, as for EM: two untimed steps of a throwaway instance
-    pyro.clear_param_store()
-    _, _, svi = _build(name, train, args)
-    for _ in range(2):
-        svi.step(train)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(args.seed)
-    w0, c0 = time.perf_counter(), time.process_time()
-    model, guide, svi = _build(name, train, args)
-    row = run_to_target(
-        svi,
+    method = get_method(name)
+
+    def build():
+        model = BernoulliMixture(args.components, train.shape[1])
+        model.initialize(train, seed=args.seed)
+        guide = method.guide(model)
+        optim = ClippedAdam({"lr": args.lr})
+        svi = SVI(method.prepare(model.model), guide, optim, method.loss(1))
+        return svi, lambda: _score(model, guide, train, test, args)
+
+    row = svi_to_target(
+        build,
         train,
-        lambda: _score(model, guide, train, test, args),
         target,
+        seed=args.seed,
         score=args.score,
         max_steps=args.steps,
         eval_every=args.eval_every,
         stop_at_target=args.stop_at_target,
-        wall=time.perf_counter() - w0,
-        cpu=time.process_time() - c0,
     )
     final = row["trace"][-1] if row["trace"] else {"plug-in": math.nan, "lpd": math.nan}
     return {
@@ -225,40 +212,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"L_em = {l_em:.4f} nats/image (evaluator: {em['heldout_loglik_via_evaluator']:.4f}); "
         f"target (99% of EM) {args.score} >= {target:.4f}"
     )
-    head = (
-        f"{'method':>10} | {'steps to target':>15} {'s to target':>11} {'x EM time':>9} | "
-        f"{'ms/step':>7} {'steps':>6} {'final':>9} {'best':>9} {'final-L_em':>10} "
-        f"{'final lpd':>9}"
+    rows = race_to_reference(
+        "em",
+        em,
+        l_em,
+        args.methods,
+        lambda name: run_svi(name, train, test, target, args),
+        max_steps=args.steps,
+        extra={"final lpd": (em["heldout_loglik_via_evaluator"], "final_heldout_lpd")},
     )
-    print(head)
-    print("-" * len(head))
-    print(
-        f"{'em':>10} | {em['iterations']:>15} {em['seconds']:>11.3f} {1.0:>9.1f} | "
-        f"{1e3 * em['seconds'] / em['iterations']:>7.2f} {em['iterations']:>6} "
-        f"{l_em:>9.4f} {'':>9} {0.0:>10.4f} {em['heldout_loglik_via_evaluator']:>9.4f}"
-    )
-    rows = []
-    for name in args.methods:
-        row = run_svi(name, train, test, target, args)
-        if row["reached"]:
-            row["time_ratio_to_em"] = row["seconds_to_target"] / em["seconds"]
-            row["cpu_time_ratio_to_em"] = row["cpu_seconds_to_target"] / em["cpu_seconds"]
-            reach = (
-                f"{row['steps_to_target']:>15} {row['seconds_to_target']:>11.2f} "
-                f"{row['time_ratio_to_em']:>9.0f}"
-            )
-        else:
-            row["time_ratio_to_em"] = None
-            row["cpu_time_ratio_to_em"] = None
-            reach = f"{'not reached in ' + str(args.steps) + ' steps':>37}"
-        rows.append(row)
-        note = "" if row["status"] == "ok" else f"  ({row['status']})"
-        print(
-            f"{name:>10} | {reach} | {row['ms_per_step']:>7.2f} {row['steps']:>6} "
-            f"{row['final_score']:>9.4f} {row['best_score']:>9.4f} "
-            f"{row['final_score'] - l_em:>10.4f} {row['final_heldout_lpd']:>9.4f}{note}",
-            flush=True,
-        )
     load_after = os.getloadavg()
     print(
         f"'final'/'best' are the {args.score} score; 'steps to target' is resolved to "

@@ -45,12 +45,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import time
 
-import pyro
 import torch
-from _common import environment, print_machine, run_to_target, save_figures
+from _common import (
+    environment,
+    print_machine,
+    race_to_reference,
+    save_figures,
+    svi_to_target,
+    time_median,
+)
 from pyro.infer import SVI
 from pyro.optim import ClippedAdam
 
@@ -94,19 +99,11 @@ def heldout_lpd(gmm: BayesianGMM, samples: dict[str, torch.Tensor], test: torch.
 
 def run_cavi(gmm: BayesianGMM, train: torch.Tensor, test: torch.Tensor, args) -> dict:
     options = {"max_iter": args.cavi_max_iter, "tol": args.cavi_tol, "seed": args.seed}
-    gmm.cavi(train, **options)  # warm-up: first-call costs out of the timing
-    walls, cpus = [], []
-    for _ in range(args.cavi_repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        result = gmm.cavi(train, **options)
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
+    result, timing = time_median(lambda: gmm.cavi(train, **options), args.cavi_repeats)
     torch.manual_seed(args.seed)
     samples = result.posterior.sample(args.draws)
     return {
-        "seconds": statistics.median(walls),
-        "cpu_seconds": statistics.median(cpus),
-        "seconds_all": walls,
+        **timing,
         "iterations": result.n_iter,
         "converged": result.converged,
         "elbo_per_point": result.elbo_trace[-1] / train.shape[0],
@@ -116,39 +113,28 @@ def run_cavi(gmm: BayesianGMM, train: torch.Tensor, test: torch.Tensor, args) ->
 
 def run_svi(name: str, train: torch.Tensor, test: torch.Tensor, target: float, args) -> dict:
     method = get_method(name)
-    # warm-up, as for CAVI: two untimed steps of a throwaway instance take the one-time costs
-    # of the process (lazy imports, first calls; about a second for the first method) out
-    pyro.clear_param_store()
-    gmm = BayesianGMM(args.k, train.shape[1], args.covariance)
-    gmm.initialize(train, seed=args.seed)
-    svi = SVI(
-        method.prepare(gmm.model), method.guide(gmm), ClippedAdam({"lr": args.lr}), method.loss(1)
-    )
-    for _ in range(2):
-        svi.step(train)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(args.seed)
-    w0, c0 = time.perf_counter(), time.process_time()
-    gmm = BayesianGMM(args.k, train.shape[1], args.covariance)
-    gmm.initialize(train, seed=args.seed)
-    guide = method.guide(gmm)
-    svi = SVI(method.prepare(gmm.model), guide, ClippedAdam({"lr": args.lr}), method.loss(1))
 
-    def evaluate() -> dict[str, float]:
-        draws = sample_guide_globals(guide, gmm, train, args.draws)
-        return {"heldout_lpd": heldout_lpd(gmm, draws.samples, test)}
+    def build():
+        gmm = BayesianGMM(args.k, train.shape[1], args.covariance)
+        gmm.initialize(train, seed=args.seed)
+        guide = method.guide(gmm)
+        svi = SVI(method.prepare(gmm.model), guide, ClippedAdam({"lr": args.lr}), method.loss(1))
 
-    row = run_to_target(
-        svi,
+        def evaluate() -> dict[str, float]:
+            draws = sample_guide_globals(guide, gmm, train, args.draws)
+            return {"heldout_lpd": heldout_lpd(gmm, draws.samples, test)}
+
+        return svi, evaluate
+
+    row = svi_to_target(
+        build,
         train,
-        evaluate,
         target,
+        seed=args.seed,
         score="heldout_lpd",
         max_steps=args.max_steps,
         eval_every=args.eval_every,
         stop_at_target=args.stop_at_target,
-        wall=time.perf_counter() - w0,
-        cpu=time.process_time() - c0,
     )
     return {"method": name, **row}
 
@@ -224,39 +210,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"{1e3 * cavi['seconds']:.1f} ms (median of {args.cavi_repeats}), held-out lpd L_cavi = "
         f"{l_cavi:.4f} nats/point; target (99% of CAVI) lpd >= {target:.4f}"
     )
-    head = (
-        f"{'method':>10} | {'steps to target':>15} {'s to target':>11} {'x CAVI time':>11} | "
-        f"{'ms/step':>7} {'steps':>6} {'final lpd':>9} {'best lpd':>9} {'final - L_cavi':>14}"
+    rows = race_to_reference(
+        "cavi",
+        cavi,
+        l_cavi,
+        args.methods,
+        lambda name: run_svi(name, train, test, target, args),
+        max_steps=args.max_steps,
     )
-    print(head)
-    print("-" * len(head))
-    print(
-        f"{'cavi':>10} | {cavi['iterations']:>15} {cavi['seconds']:>11.3f} {1.0:>11.1f} | "
-        f"{1e3 * cavi['seconds'] / cavi['iterations']:>7.2f} {cavi['iterations']:>6} "
-        f"{l_cavi:>9.4f} {'':>9} {0.0:>14.4f}"
-    )
-    rows = []
-    for name in args.methods:
-        row = run_svi(name, train, test, target, args)
-        if row["reached"]:
-            row["time_ratio_to_cavi"] = row["seconds_to_target"] / cavi["seconds"]
-            row["cpu_time_ratio_to_cavi"] = row["cpu_seconds_to_target"] / cavi["cpu_seconds"]
-            reach = (
-                f"{row['steps_to_target']:>15} {row['seconds_to_target']:>11.2f} "
-                f"{row['time_ratio_to_cavi']:>11.0f}"
-            )
-        else:
-            row["time_ratio_to_cavi"] = None
-            row["cpu_time_ratio_to_cavi"] = None
-            reach = f"{'not reached within --max-steps ' + str(args.max_steps):>39}"
-        rows.append(row)
-        note = "" if row["status"] == "ok" else f"  ({row['status']})"
-        print(
-            f"{name:>10} | {reach} | {row['ms_per_step']:>7.2f} {row['steps']:>6} "
-            f"{row['final_score']:>9.4f} {row['best_score']:>9.4f} "
-            f"{row['final_score'] - l_cavi:>14.4f}{note}",
-            flush=True,
-        )
     load_after = os.getloadavg()
     print(
         f"'steps to target' is resolved to --eval-every={args.eval_every} steps; 'x CAVI time' is "

@@ -466,9 +466,8 @@ def plot_lookup(
     """For ``num_plot`` test digits per scheme: the digit, its observed part (missing pixels
     grey), the ``top`` components with their weights :math:`p(k \\mid x_O)`, and each method's
     prediction of the missing pixels (observed pixels shown as given)."""
-    probs = mixture["probs"].detach().mean(0).cpu() if mixture["probs"].dim() == 3 else None
-    if probs is None:
-        probs = mixture["probs"].detach().cpu()
+    probs = mixture["probs"].detach().cpu()
+    probs = probs.mean(0) if probs.dim() == 3 else probs  # the draws' mean components
     shown = result.predictions[next(iter(result.predictions))]
     methods = [m for m in shown if m == f"mixture ({mixture_name})" or "mixture" not in m]
     methods = [m for m in methods if m != "pixel marginals"]
