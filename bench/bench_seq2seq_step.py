@@ -84,8 +84,8 @@ from pyro.infer import SVI
 from pyro.optim import ClippedAdam
 
 from pyro_attention.data import get_task, make_alignment_dataset
+from pyro_attention.experiments.compare_alignment import PAPER_METHODS
 from pyro_attention.infer import get_method
-from pyro_attention.infer.compare_alignment import PAPER_METHODS
 from pyro_attention.models import LatentAlignmentSeq2Seq
 
 LR = 3e-3

@@ -31,8 +31,8 @@ from pyro import poutine
 from pyro.optim import ClippedAdam
 
 from pyro_attention.data import make_alignment_dataset
+from pyro_attention.experiments.alignment_metrics import score_alignments
 from pyro_attention.infer import VISample, fit, get_method
-from pyro_attention.infer.alignment_metrics import score_alignments
 from pyro_attention.models import LatentAlignmentSeq2Seq
 
 ESTIMATORS = {

@@ -19,10 +19,13 @@ Example::
 
 from __future__ import annotations
 
+from typing import cast
+
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.ops.indexing import Vindex
+from pyro.poutine.runtime import InferDict, Message
 
 ALIGNMENT_TAG = "alignment"
 
@@ -81,12 +84,18 @@ def alignment(
     logits = masked_logits(logits, mask)
     site_infer = {ALIGNMENT_TAG: True}
     site_infer.update(infer or {})
-    return pyro.sample(name, dist.Categorical(logits=logits), obs=obs, infer=site_infer)
+    # the alignment tag is this package's own key, unknown to pyro's InferDict
+    return pyro.sample(
+        name, dist.Categorical(logits=logits), obs=obs, infer=cast(InferDict, site_infer)
+    )
 
 
-def is_alignment_site(site: dict) -> bool:
+def is_alignment_site(site: Message) -> bool:
     """Whether a trace site was made by :func:`alignment`."""
-    return site["type"] == "sample" and bool(site.get("infer", {}).get(ALIGNMENT_TAG, False))
+    if site["type"] != "sample":
+        return False
+    infer = site.get("infer") or {}
+    return bool(infer.get(ALIGNMENT_TAG, False))
 
 
 def attend(values: torch.Tensor, z: torch.Tensor, *, event_dim: int = 1) -> torch.Tensor:

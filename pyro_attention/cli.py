@@ -16,6 +16,9 @@ study::
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,6 +139,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the missing-pixel lookup comparison (mixtures, transformer, neighbours)",
     )
+    cmp.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module or .py file first (repeatable), e.g. one that registers a method "
+        "with register_method; its methods can then be named in --methods",
+    )
     cmp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     cmp.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     cmp.add_argument("--seed", type=int, default=0)
@@ -218,7 +230,44 @@ def _method_names(args: argparse.Namespace, default: Sequence[str]) -> list[str]
     """``--methods`` split at commas, or ``default``."""
     if args.methods is None:
         return list(default)
-    return [m.strip() for m in args.methods.split(",") if m.strip()]
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not names:
+        raise ValueError(f"--methods {args.methods!r} names no method; e.g. --methods enum,cavi")
+    return names
+
+
+def _import_user_modules(names: Sequence[str]) -> None:
+    """Import each ``--import`` module (a dotted name, or a path to a ``.py`` file)."""
+    for name in names:
+        try:
+            if name.endswith(".py") or os.sep in name:
+                path = Path(name)
+                if not path.is_file():
+                    raise FileNotFoundError(f"no file {name}")
+                spec = importlib.util.spec_from_file_location(path.stem, path)
+                if spec is None or spec.loader is None:
+                    raise ImportError(f"cannot load {name} as a Python module")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[path.stem] = module
+                spec.loader.exec_module(module)
+            else:
+                if os.getcwd() not in sys.path:  # console scripts do not search the cwd
+                    sys.path.insert(0, os.getcwd())
+                importlib.import_module(name)
+        except Exception as err:
+            raise ValueError(f"--import {name}: {type(err).__name__}: {err}") from err
+
+
+def _finish(result: Any, args: argparse.Namespace) -> int:
+    """Exit status of a comparison: 1 when a method failed (its row says why), else 0."""
+    if result.failed:
+        print(
+            f"error: {len(result.failed)} method(s) failed: {', '.join(result.failed)} "
+            f"(see their status; the other rows and files are in {args.out})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _run_compare(
@@ -255,7 +304,8 @@ def _compare_gmm(args: argparse.Namespace) -> int:
     data = load_gmm2d(dtype=dtype, device=device)
     dim = data.train.shape[1]
     prior = GMMPrior.default(dim, args.covariance, dtype=dtype)
-    gmm = BayesianGMM(args.components or 4, dim, args.covariance, prior=prior)
+    components = 4 if args.components is None else args.components
+    gmm = BayesianGMM(components, dim, args.covariance, prior=prior)
     nuts = {
         "num_samples": args.nuts_samples,
         "warmup_steps": args.nuts_warmup,
@@ -267,7 +317,7 @@ def _compare_gmm(args: argparse.Namespace) -> int:
     ]
     result = _run_compare(gmm, data.train, data.test, methods, "gmm2d", args)
     print(f"\nwrote {len(result.files)} files to {args.out}")
-    return 0
+    return _finish(result, args)
 
 
 def _compare_digits(args: argparse.Namespace) -> int:
@@ -276,7 +326,8 @@ def _compare_digits(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     digits = load_digits_binary(dtype=getattr(torch, args.dtype), device=device)
-    model = BernoulliMixture(args.components or 10, 64, image_shape=digits.image_shape)
+    components = 10 if args.components is None else args.components
+    model = BernoulliMixture(components, 64, image_shape=digits.image_shape)
     methods = [get_method(name) for name in _method_names(args, DIGITS_DEFAULT_METHODS)]
     if not args.no_lookup:  # refuse bad lookup options before any training
         check_positive_int(args.knn, "--knn")
@@ -306,12 +357,12 @@ def _compare_digits(args: argparse.Namespace) -> int:
         print("\nmissing pixels of the test digits (NLL per pixel in nats, accuracy):")
         print(lookup)
     print(f"\nwrote {len(set(comparison.files))} files to {args.out}")
-    return 0
+    return _finish(comparison, args)
 
 
 def _compare_alignment(args: argparse.Namespace) -> int:
     from pyro_attention.data import get_task, make_alignment_dataset
-    from pyro_attention.infer.compare_alignment import PAPER_METHODS, compare_alignment
+    from pyro_attention.experiments.compare_alignment import PAPER_METHODS, compare_alignment
     from pyro_attention.models import LatentAlignmentSeq2Seq
 
     device = _device(args.device)
@@ -359,7 +410,7 @@ def _compare_alignment(args: argparse.Namespace) -> int:
     print(f"{args.task}: {len(data.train)} training examples, {steps} steps of {args.batch_size}")
     print(result)
     print(f"\nwrote {len(result.files)} files to {args.out}")
-    return 0
+    return _finish(result, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -373,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "compare" and args.out is None:
         args.out = f"runs/{args.task if args.model == 'alignment' else args.model}"
     try:
+        if args.command == "compare":
+            _import_user_modules(args.imports)
         if args.command == "compare" and args.model == "gmm":
             return _compare_gmm(args)
         if args.command == "compare" and args.model == "alignment":

@@ -23,6 +23,8 @@ from torch.distributions import biject_to, constraints, register_kl, transform_t
 from torch.distributions.transforms import Transform
 
 _NO_SAMPLE_SHAPE = torch.Size()
+#: what ``torch.distributions.Distribution.sample`` accepts as ``sample_shape``
+_SampleShape = torch.Size | list[int] | tuple[int, ...]
 
 
 class _PositiveDefiniteMatrix(constraints._PositiveDefinite):
@@ -153,7 +155,7 @@ class ClampedDirichlet(dist.Dirichlet):
     dtype's machine epsilon) and renormalised.
     """
 
-    def rsample(self, sample_shape: torch.Size = _NO_SAMPLE_SHAPE) -> torch.Tensor:
+    def rsample(self, sample_shape: _SampleShape = _NO_SAMPLE_SHAPE) -> torch.Tensor:
         concentration = self.concentration
         shape = self._extended_shape(sample_shape)
         wide = concentration.double().expand(shape)
@@ -185,7 +187,7 @@ class ObservedLogProb(dist.TorchDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return self._log_prob
 
-    def sample(self, sample_shape: torch.Size = _NO_SAMPLE_SHAPE) -> torch.Tensor:
+    def sample(self, sample_shape: _SampleShape = _NO_SAMPLE_SHAPE) -> torch.Tensor:
         raise NotImplementedError(
             "ObservedLogProb only scores its observation; build the model without "
             "emission_chunk_size to sample targets"

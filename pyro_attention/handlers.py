@@ -10,6 +10,7 @@ distribution over the same choice, so one model serves every inference method:
   ``RelaxedOneHotCategorical(τ)`` (the Concrete distribution, Maddison et al. 2017).
 * :class:`dirichlet` — ``z`` becomes a point on the simplex,
   :math:`z \\sim \\mathrm{Dir}(c K \\,\\mathrm{softmax}(\\ell))` (Deng et al. 2018, §3).
+* :func:`enumerate_alignments` — every alignment site marked for Pyro's parallel enumeration.
 
 Example::
 
@@ -18,18 +19,33 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import InferDict, Message
 
 from pyro_attention.alignment import is_alignment_site
 from pyro_attention.distributions import ClampedDirichlet
 
 
+def enumerate_alignments(model: Callable) -> Callable:
+    """``model`` with every alignment site marked for parallel enumeration
+    (``infer={"enumerate": "parallel"}``), as ``TraceEnum_ELBO`` and the evaluator need."""
+
+    def config(site: Message) -> InferDict:
+        return {"enumerate": "parallel"} if is_alignment_site(site) else {}
+
+    return poutine.infer_config(model, config)
+
+
 class _AlignmentRewriter(Messenger):
     """Base class: apply :meth:`_rewrite` to every alignment sample site."""
 
-    def _pyro_sample(self, msg: dict) -> None:
+    def _pyro_sample(self, msg: Message) -> None:
         if not is_alignment_site(msg) or msg.get("_alignment_rewritten"):
             return
         if msg["is_observed"]:
@@ -37,10 +53,12 @@ class _AlignmentRewriter(Messenger):
                 f"alignment site {msg['name']!r} is observed; {type(self).__name__}() rewrites "
                 "latent alignments only: remove obs= or do not apply the handler"
             )
-        self._rewrite(msg, msg["fn"])
-        msg["_alignment_rewritten"] = True
+        # the site's function is the Categorical that alignment() made
+        self._rewrite(msg, cast(dist.Categorical, msg["fn"]))
+        # a private flag of this module, unknown to pyro's Message type
+        cast(dict, msg)["_alignment_rewritten"] = True
 
-    def _rewrite(self, msg: dict, fn: dist.Categorical) -> None:
+    def _rewrite(self, msg: Message, fn: dist.Categorical) -> None:
         """Replace ``msg["fn"]`` (and possibly its value); each handler defines it."""
         raise NotImplementedError(f"{type(self).__name__} does not define _rewrite")
 
@@ -52,12 +70,15 @@ def _probs(fn: dist.Categorical) -> torch.Tensor:
 class soft(_AlignmentRewriter):
     """Replace each alignment by its prior mean, a deterministic point on the simplex."""
 
-    def _rewrite(self, msg: dict, fn: dist.Categorical) -> None:
+    def _rewrite(self, msg: Message, fn: dist.Categorical) -> None:
         probs = _probs(fn)
         msg["fn"] = dist.Delta(probs, event_dim=1)
         msg["value"] = probs
         msg["is_observed"] = True
-        msg["infer"] = {**msg["infer"], "_deterministic": True}
+        infer = msg["infer"]
+        if infer is None:  # pyro.sample always makes a dict
+            raise ValueError(f"alignment site {msg['name']!r} has infer=None; pass a dict")
+        msg["infer"] = {**infer, "_deterministic": True}
 
 
 class relax(_AlignmentRewriter):
@@ -80,7 +101,7 @@ class relax(_AlignmentRewriter):
         self.temperature = float(temperature)
         self.straight_through = straight_through
 
-    def _rewrite(self, msg: dict, fn: dist.Categorical) -> None:
+    def _rewrite(self, msg: Message, fn: dist.Categorical) -> None:
         if self.straight_through:
             msg["fn"] = dist.OneHotCategorical(logits=fn.logits, validate_args=False)
         else:
@@ -111,7 +132,7 @@ class dirichlet(_AlignmentRewriter):
         super().__init__()
         self.concentration = float(concentration)
 
-    def _rewrite(self, msg: dict, fn: dist.Categorical) -> None:
+    def _rewrite(self, msg: Message, fn: dist.Categorical) -> None:
         probs = _probs(fn)
         alpha = (self.concentration * probs.shape[-1] * probs).clamp(min=MIN_CONCENTRATION)
         msg["fn"] = ClampedDirichlet(alpha, validate_args=False)

@@ -7,7 +7,7 @@ import pytest
 
 from pyro_attention.cli import main
 from pyro_attention.data import get_task, make_alignment_dataset
-from pyro_attention.infer.compare_alignment import PAPER_METHODS
+from pyro_attention.experiments.compare_alignment import PAPER_METHODS
 
 SMALL = ["--num-train", "40", "--num-test", "10", "--hidden", "8", "--embed", "8"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -45,7 +45,7 @@ def test_data_on_the_wrong_device_refused():
 
 def test_compare_alignment_on_cuda(tmp_path):
     from pyro_attention.data import get_task, make_alignment_dataset
-    from pyro_attention.infer.compare_alignment import PAPER_METHODS, compare_alignment
+    from pyro_attention.experiments.compare_alignment import PAPER_METHODS, compare_alignment
     from pyro_attention.models import LatentAlignmentSeq2Seq
 
     task = get_task("reverse", alphabet_size=6, min_length=2, max_length=5)

@@ -75,7 +75,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import ClassVar, NamedTuple, TypeVar
+from typing import ClassVar, NamedTuple, SupportsIndex, TypeVar, cast
 
 import torch
 
@@ -103,7 +103,8 @@ def _check_int(value: object, name: str, *, minimum: int | None = 1) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, got the bool {value!r}")
     try:
-        value = operator.index(value)
+        # anything without __index__ raises the TypeError handled below
+        value = operator.index(cast(SupportsIndex, value))
     except TypeError:
         raise TypeError(
             f"{name} must be an integer, got {type(value).__name__} {value!r}; pass e.g. "
@@ -572,7 +573,9 @@ class DatesTask(AlignmentTask):
             )
         pieces = _DATE_FORMATS[format_name](date, rng)
         case = rng.choice(_CASES)
-        texts, source, first = [], [], {}
+        texts: list[str] = []
+        source: list[str] = []
+        first: dict[str, int] = {}
         for text, role in pieces:
             text = {"lower": text.lower(), "upper": text.upper()}.get(case, text)
             texts.append(text)
@@ -831,7 +834,13 @@ class TranslationTask(AlignmentTask):
         if det == lex.definite:
             phrase = [(definite, head)]
         else:
-            phrase = [(lex.determiners[det], start), (indefinite, head)]
+            target_det = lex.determiners[det]
+            if target_det is None:
+                raise ValueError(
+                    f"determiner {det!r} has no target word; only the definite determiner "
+                    f"{lex.definite!r} may map to None in Lexicon.determiners"
+                )
+            phrase = [(target_det, start), (indefinite, head)]
         return phrase + [(lex.adjectives[a], start + 1 + i) for i, a in enumerate(adjs)]
 
     def sample(self, rng: random.Random) -> Example:
@@ -968,7 +977,8 @@ class AlignmentBatch(NamedTuple):
     """``(B, T)`` bool, True at real tokens (``target != pad_id``)."""
     alignment: torch.Tensor
     """``(B, T)`` long gold source positions, ``-1`` at padding and at unaligned tokens."""
-    index: torch.Tensor
+    # the field shadows tuple.index, which NamedTuple allows at runtime
+    index: torch.Tensor  # type: ignore[assignment]
     """``(B,)`` long positions of the examples in their split."""
 
 

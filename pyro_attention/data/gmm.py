@@ -26,7 +26,7 @@ def load_gmm2d(
     dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
 ) -> MixtureData:
     """Load the embedded data set on ``device`` with ``dtype``."""
-    rows = {"train": ([], []), "test": ([], [])}
+    rows: dict[str, tuple[list[list[float]], list[int]]] = {"train": ([], []), "test": ([], [])}
     with resources.files(__package__).joinpath("gmm2d.csv").open() as f:
         for row in csv.DictReader(f):
             points, labels = rows[row["split"]]

@@ -148,10 +148,10 @@ def make_pointer_chasing(
             ptr = order
     start = torch.randint(0, N, (E,), generator=gen)
 
-    path = [start]
+    visited = [start]
     for _ in range(k):
-        path.append(ptr.gather(-1, path[-1].unsqueeze(-1)).squeeze(-1))
-    path = torch.stack(path, -1)
+        visited.append(ptr.gather(-1, visited[-1].unsqueeze(-1)).squeeze(-1))
+    path = torch.stack(visited, -1)
 
     items = torch.cat([key, key[rows, ptr]], -1)
     if noise > 0:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
 import arviz_base
@@ -145,7 +145,7 @@ def _check_dims_and_coords(
     groups: Mapping[str, Mapping[str, np.ndarray]],
     dims: Mapping[str, Sequence[str]],
     coords: Mapping[str, Sequence],
-    sample_shape: tuple[int, int],
+    sample_shape: tuple[int, ...],
 ) -> dict[str, np.ndarray]:
     """Check ``dims`` against the arrays; return the coords of dims that occur in the tree."""
     sizes: dict[str, tuple[int, str]] = {
@@ -193,15 +193,15 @@ def _check_dims_and_coords(
                 "coords['sample'] is not supported: independent draws are stored on "
                 "('chain', 'draw') with one chain; give coords['draw'] instead"
             )
-        values = np.asarray(values)
+        labels = np.asarray(values)
         if dim not in sizes:
             continue
-        if values.ndim != 1 or len(values) != sizes[dim][0]:
+        if labels.ndim != 1 or len(labels) != sizes[dim][0]:
             raise ValueError(
-                f"coords[{dim!r}] has shape {values.shape} but dim {dim!r} has size "
+                f"coords[{dim!r}] has shape {labels.shape} but dim {dim!r} has size "
                 f"{sizes[dim][0]} in {sizes[dim][1]}; give one label per position"
             )
-        used[dim] = values
+        used[dim] = labels
     return used
 
 
@@ -293,6 +293,8 @@ def to_datatree(
         converted, reference = _convert_group(group, values, layout, reference)
         if values is not None:
             groups[group] = converted
+    if reference is None:  # unreachable: posterior holds at least one checked array
+        raise RuntimeError("to_datatree found no sample shape in a non-empty posterior")
     sample_shape = (1, *reference[1]) if len(layout) == 1 else reference[1]
     tree_coords = _check_dims_and_coords(groups, dims or {}, coords or {}, sample_shape)
 
@@ -323,10 +325,10 @@ def _jsonable(value: object) -> object:
     return value
 
 
-def _encode_attrs(attrs: Mapping[str, object], where: str) -> dict[str, object]:
+def _encode_attrs(attrs: Mapping[Hashable, object], where: str) -> dict[Hashable, object]:
     """Store every non-string attr as JSON text (netCDF cannot hold bools, None, dicts, and
     h5netcdf reads a one-element list of strings back as a bare string)."""
-    encoded: dict[str, object] = {}
+    encoded: dict[Hashable, object] = {}
     json_keys = []
     for key, value in attrs.items():
         if key == _JSON_ATTRS_KEY:
@@ -347,7 +349,7 @@ def _encode_attrs(attrs: Mapping[str, object], where: str) -> dict[str, object]:
     return encoded
 
 
-def _decode_attrs(attrs: Mapping[str, object]) -> dict[str, object]:
+def _decode_attrs(attrs: Mapping[Hashable, object]) -> dict[Hashable, object]:
     decoded = dict(attrs)
     keys = decoded.pop(_JSON_ATTRS_KEY, None)
     if keys is None:

@@ -83,7 +83,7 @@ def plot_alignment_heatmaps(
 
     Rows are target tokens, columns source tokens; gold alignments are marked with white
     circles. ``examples`` come from
-    :func:`~pyro_attention.infer.alignment_metrics.score_alignments` (``keep_examples``).
+    :func:`~pyro_attention.experiments.alignment_metrics.score_alignments` (``keep_examples``).
     """
     rows = len(examples)
     fig = Figure(figsize=(9, 3.2 * rows + 0.4), layout="constrained")
@@ -113,6 +113,7 @@ def plot_token_objectives(comparison: Any) -> Figure:
     """Training objective per token against step (a moving average), one line per method."""
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
+    lows: list[float] = []  # the lowest point of each line drawn
     for name, fitted in comparison.fits.items():
         points = fitted.extra.get("step_points") or []
         losses = fitted.losses[-len(points) :] if points else []
@@ -125,11 +126,11 @@ def plot_token_objectives(comparison: Any) -> Figure:
             for i in range(len(per_token))
         ]
         ax.plot(range(1, len(smooth) + 1), smooth, label=name, lw=1)
+        lows.append(min(smooth))
     ax.set_xlabel("step")
     ax.set_ylabel("objective per target token (moving average)")
     ax.set_title(f"{comparison.model} on {comparison.dataset}: training objectives")
     if ax.lines:
-        lows = [min(line.get_ydata()) for line in ax.lines]
         ax.set_ylim(bottom=max(min(lows), -10.0))
         ax.legend(fontsize=8)
     return fig

@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -170,10 +170,15 @@ def _grad_norms(model: _PointerClassifier, batches: list[PointerChasing]) -> tup
         loss = F.cross_entropy(model(batch), batch.target)
         grads = torch.autograd.grad(loss, first + last)
         g_first, g_last = grads[: len(first)], grads[len(first) :]
-        norms.append(
-            [torch.sqrt(sum(g.square().sum() for g in gs)).item() for gs in (g_first, g_last)]
-        )
+        norms.append([_norm(gs) for gs in (g_first, g_last)])
     return statistics.fmean(n[0] for n in norms), statistics.fmean(n[1] for n in norms)
+
+
+def _norm(grads: Sequence[torch.Tensor]) -> float:
+    """The Euclidean norm of ``grads`` taken together."""
+    # a tensor, not the start value 0: every layer has attention parameters
+    total = cast(torch.Tensor, sum(g.square().sum() for g in grads))
+    return torch.sqrt(total).item()
 
 
 def _split(data: PointerChasing, size: int) -> list[PointerChasing]:
@@ -275,7 +280,7 @@ def sla_depth_study(
     if max(seeds) * num_steps >= 2**31 - 2**24:
         raise ValueError("seeds * num_steps is too large for the seeding scheme; use smaller seeds")
     device = torch.device("cpu") if device is None else torch.device(device)
-    task = {
+    task: dict[str, Any] = {
         "num_items": num_items,
         "key_dim": key_dim,
         "hops": hops,

@@ -1,5 +1,17 @@
-"""Guides: the autoguide that shapes itself to the inference method."""
+"""Guides: the autoguide that shapes itself to what an inference method asks of it."""
 
-from pyro_attention.guides.auto import ALIGNMENT_GUIDE_KINDS, AutoAlignmentGuide
+from pyro_attention.guides.auto import (
+    ALIGNMENT_GUIDE_KINDS,
+    LOCAL_KINDS,
+    AutoAlignmentGuide,
+    GuideSpec,
+    as_guide_spec,
+)
 
-__all__ = ["ALIGNMENT_GUIDE_KINDS", "AutoAlignmentGuide"]
+__all__ = [
+    "ALIGNMENT_GUIDE_KINDS",
+    "LOCAL_KINDS",
+    "AutoAlignmentGuide",
+    "GuideSpec",
+    "as_guide_spec",
+]

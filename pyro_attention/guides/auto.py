@@ -7,7 +7,7 @@
 * for the other latents: an :class:`~pyro.infer.autoguide.AutoNormal` (or a factory the user
   passes, e.g. ``AutoDelta`` or ``AutoMultivariateNormal``) over the model with the alignment
   sites hidden;
-* for each alignment site, by the method's ``alignment_guide`` kind:
+* for each alignment site, by the kind of the :class:`GuideSpec` (each method has one):
 
   ==============  ============================================================================
   ``marginalized``  nothing: the model enumerates the site (``enum``, ``nuts``)
@@ -29,7 +29,7 @@ so the guide works with mini-batches. With an ``encoder`` the local parameters a
 
 Example::
 
-    guide = AutoAlignmentGuide(model, method="reinforce")
+    guide = AutoAlignmentGuide(model, "categorical")
     svi = SVI(model, guide, Adam({"lr": 0.05}), TraceGraph_ELBO())
 """
 
@@ -40,7 +40,8 @@ import functools
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import pyro
 import pyro.distributions as dist
@@ -51,12 +52,12 @@ from pyro.infer.autoguide import AutoGuide, AutoNormal
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible, init_to_sample
 from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn import PyroModule, PyroParam
+from pyro.poutine.runtime import InferDict
 
 from pyro_attention.alignment import is_alignment_site
 from pyro_attention.distributions import ClampedDirichlet, StraightThroughCategorical
-from pyro_attention.handlers import MIN_CONCENTRATION
-from pyro_attention.infer.evaluate import local_log_joint
-from pyro_attention.infer.methods import enumerate_alignments
+from pyro_attention.handlers import MIN_CONCENTRATION, enumerate_alignments
+from pyro_attention.traces import local_log_joint, site_dist, site_infer, site_value
 
 ALIGNMENT_GUIDE_KINDS = (
     "marginalized",
@@ -70,31 +71,65 @@ ALIGNMENT_GUIDE_KINDS = (
 #: guide kinds with a q(z) per alignment: a parameter per data point, unless amortized
 LOCAL_KINDS = ("categorical", "enumerated", "relaxed", "dirichlet")
 
+#: ``(site_name, batch_shape, features, plates, args, kwargs) -> infer dict`` (baselines)
+SiteInfer = Callable[..., dict]
 
-def _as_method(method: Any) -> Any:
-    """The method object for a method or its registry name, checked for a guide kind."""
-    if isinstance(method, str):
-        from pyro_attention.infer.registry import get_method
 
-        method = get_method(method)
-    kind = getattr(method, "alignment_guide", None)
-    if kind not in ALIGNMENT_GUIDE_KINDS:
-        raise ValueError(
-            f"method {method!r} declares alignment_guide={kind!r}; expected one of "
-            f"{ALIGNMENT_GUIDE_KINDS}"
-        )
-    return method
+@dataclass(frozen=True)
+class GuideSpec:
+    """What an inference method asks of the guide.
+
+    :param kind: what is built for the alignment sites (one of :data:`ALIGNMENT_GUIDE_KINDS`,
+        table above).
+    :param enumerate: sum the guide's alignment sites exactly (``TraceEnum_ELBO`` with
+        guide-side enumeration); always on for ``"enumerated"``.
+    :param temperature: τ of the ``"relaxed"`` kind.
+    :param straight_through: the ``"relaxed"`` kind draws hard one-hot samples with relaxed
+        gradients (:class:`~pyro_attention.distributions.StraightThroughCategorical`), else
+        the Concrete distribution.
+    :param site_infer: extra ``infer`` entries for each guide alignment site (e.g. a
+        baseline of :mod:`pyro_attention.infer.baselines`).
+    """
+
+    kind: str = "marginalized"
+    enumerate: bool = False
+    temperature: float = 0.5
+    straight_through: bool = True
+    site_infer: SiteInfer | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ALIGNMENT_GUIDE_KINDS:
+            raise ValueError(
+                f"guide kind {self.kind!r} is unknown; expected one of {ALIGNMENT_GUIDE_KINDS}"
+            )
+
+
+def as_guide_spec(spec: Any) -> GuideSpec:
+    """A :class:`GuideSpec` from a spec, a kind name, or an object with ``guide_spec()`` (an
+    inference method)."""
+    if isinstance(spec, GuideSpec):
+        return spec
+    if isinstance(spec, str):
+        return GuideSpec(kind=spec, enumerate=spec == "enumerated")
+    if callable(getattr(spec, "guide_spec", None)):
+        return as_guide_spec(spec.guide_spec())
+    raise ValueError(
+        f"expected a GuideSpec, a guide kind {ALIGNMENT_GUIDE_KINDS} or an inference method, "
+        f"got {spec!r}"
+    )
 
 
 class AutoAlignmentGuide(AutoGuide):
     """Guide for a model with alignment sites, shaped for one inference method.
 
     :param model: a Pyro model whose discrete choices are ``alignment`` sites.
-    :param method: an inference method object or its registry name (``"enum"``,
-        ``"reinforce"``, ``"rws"``, ``"gumbel"``, ...); its ``alignment_guide`` kind decides
-        what is built for the alignment sites (table above).
-    :param global_guide: factory ``model -> AutoGuide`` for the other latent sites (default
-        ``AutoNormal(model, init_loc_fn=init_loc_fn, init_scale=init_scale)``).
+    :param spec: a :class:`GuideSpec`, a guide kind (``"marginalized"``, ``"categorical"``, ...,
+        table above) or an inference method (whose ``guide_spec()`` is used).
+    :param global_guide: the guide family of the other latent sites: an autoguide class
+        (``AutoNormal``, ``AutoDelta``, ``AutoMultivariateNormal``,
+        ``AutoLowRankMultivariateNormal``, built with ``init_loc_fn``) or a factory
+        ``model -> guide`` (default ``AutoNormal(model, init_loc_fn=init_loc_fn,
+        init_scale=init_scale)``).
     :param encoder: optional amortization ``encoder(site_name, plates, *args, **kwargs) ->
         logits``; a ``torch.nn.Module`` becomes a submodule of the guide, so its parameters
         are in the param store once, as ``"AutoAlignmentGuide.encoder$$$<name>"``.
@@ -114,9 +149,9 @@ class AutoAlignmentGuide(AutoGuide):
     def __init__(
         self,
         model: Callable,
-        method: Any = "enum",
+        spec: Any = "marginalized",
         *,
-        global_guide: Callable[[Callable], AutoGuide] | None = None,
+        global_guide: Callable[[Callable], Callable] | None = None,
         encoder: Callable | None = None,
         local_features: Callable | None = None,
         local_mask: Callable | None = None,
@@ -126,8 +161,8 @@ class AutoAlignmentGuide(AutoGuide):
         create_plates: Callable | None = None,
     ) -> None:
         super().__init__(model, create_plates=create_plates)
-        self.method = _as_method(method)
-        self.kind = self.method.alignment_guide
+        self.spec = as_guide_spec(spec)
+        self.kind = self.spec.kind
         self.local_features = local_features
         self.local_mask = local_mask
         self._global_guide_factory = global_guide
@@ -169,12 +204,16 @@ class AutoAlignmentGuide(AutoGuide):
         ]
         if others:
             hidden = poutine.block(self.model, hide=list(self.alignment_sites))
-            if self._global_guide_factory is None:
+            factory: Any = self._global_guide_factory
+            guide: Any
+            if factory is None:
                 guide = AutoNormal(
                     hidden, init_loc_fn=self._init_loc_fn, init_scale=self._init_scale
                 )
+            elif isinstance(factory, type) and issubclass(factory, AutoGuide):
+                guide = factory(hidden, init_loc_fn=self._init_loc_fn)  # type: ignore[call-arg]
             else:
-                guide = self._global_guide_factory(hidden)
+                guide = factory(hidden)
             guide.master = weakref.ref(self)
             self.global_guide = guide
         if self.kind in LOCAL_KINDS and self.encoder is None:
@@ -216,7 +255,7 @@ class AutoAlignmentGuide(AutoGuide):
         # log p(z, x | theta_0) for every enumerated value; alignments are independent given
         # the globals, so each marginal sums the other enumeration dims out
         joint, _ = local_log_joint(trace, exclude=set(fixed))
-        enum_dims = {n: trace.nodes[n]["infer"]["_enumerate_dim"] for n in sites}
+        enum_dims = {n: site_infer(trace.nodes[n])["_enumerate_dim"] for n in sites}
         for name, dim in enum_dims.items():
             marginal = joint
             for other in enum_dims.values():
@@ -230,10 +269,11 @@ class AutoAlignmentGuide(AutoGuide):
     def _check_prototype(self, part_trace: poutine.Trace) -> None:
         for name, part_site in part_trace.iter_stochastic_nodes():
             own = self.prototype_trace.nodes[name]
-            if part_site["value"].shape != own["value"].shape:
+            have, want = site_value(part_site).shape, site_value(own).shape
+            if have != want:
                 raise ValueError(
-                    f"global guide site {name!r} has shape {tuple(part_site['value'].shape)} "
-                    f"but the model's is {tuple(own['value'].shape)}"
+                    f"global guide site {name!r} has shape {tuple(have)} but the model's is "
+                    f"{tuple(want)}"
                 )
 
     @staticmethod
@@ -265,7 +305,7 @@ class AutoAlignmentGuide(AutoGuide):
                     params = self._local_params(name, site, plates, args, kwargs)
                     fn = self._local_dist(params)
                     infer = self._infer(name, fn.batch_shape, plates, args, kwargs)
-                    result[name] = pyro.sample(name, fn, infer=infer)
+                    result[name] = pyro.sample(name, fn, infer=cast(InferDict, infer))
         return result
 
     @contextlib.contextmanager
@@ -292,16 +332,16 @@ class AutoAlignmentGuide(AutoGuide):
                 out = torch.nn.functional.softplus(out) + MIN_CONCENTRATION
             return out
         # a PyroParam with event_dim, read inside its plates, comes subsampled by Pyro
-        return functools.reduce(getattr, name.split("."), self.local)
+        return cast(torch.Tensor, functools.reduce(getattr, name.split("."), self.local))
 
-    def _local_dist(self, params: torch.Tensor) -> dist.Distribution:
+    def _local_dist(self, params: torch.Tensor) -> Any:
         if self.kind == "dirichlet":
             return ClampedDirichlet(params, validate_args=False)
         if self.kind == "relaxed":
-            temperature = params.new_tensor(self.method.temperature)
+            temperature = params.new_tensor(self.spec.temperature)
             relaxed = (
                 StraightThroughCategorical
-                if self.method.straight_through
+                if self.spec.straight_through
                 else dist.RelaxedOneHotCategorical
             )
             return relaxed(temperature, logits=params, validate_args=False)
@@ -311,8 +351,8 @@ class AutoAlignmentGuide(AutoGuide):
         self, name: str, batch_shape: torch.Size, plates: dict, args: tuple, kwargs: dict
     ) -> dict:
         """Site ``infer``: guide-side enumeration, and the method's baseline entries."""
-        enumerated = self.kind == "enumerated" or getattr(self.method, "enumerate_guide", False)
-        infer = {"enumerate": "parallel"} if enumerated else {}
+        enumerated = self.kind == "enumerated" or self.spec.enumerate
+        infer: dict = {"enumerate": "parallel"} if enumerated else {}
 
         def features() -> torch.Tensor:
             if self.local_features is None:
@@ -322,9 +362,8 @@ class AutoAlignmentGuide(AutoGuide):
                 )
             return self.local_features(plates, *args, **kwargs)
 
-        infer.update(
-            self.method.guide_site_infer(name, batch_shape, features, plates, args, kwargs)
-        )
+        if self.spec.site_infer is not None:
+            infer.update(self.spec.site_infer(name, batch_shape, features, plates, args, kwargs))
         return infer
 
     def _sample_from_prior(
@@ -343,9 +382,9 @@ class AutoAlignmentGuide(AutoGuide):
         result = {}
         for name, site in self.alignment_sites.items():
             with self._site_context(name, site, plates, args, kwargs):
-                fn = model_trace.nodes[name]["fn"]
+                fn = site_dist(model_trace.nodes[name])
                 infer = self._infer(name, fn.batch_shape, plates, args, kwargs)
-                result[name] = pyro.sample(name, fn, infer=infer)
+                result[name] = pyro.sample(name, fn, infer=cast(InferDict, infer))
         return result
 
     # ------------------------------------------------------------------ helpers

@@ -1,17 +1,22 @@
 """Run several inference methods on one model and score them with the same yardsticks.
 
-Each method is fitted from the same seed; its posterior draws of the globals are scored by the
-exact held-out log predictive density (:mod:`pyro_attention.infer.evaluate`), PSIS k-hat of its
-approximate posterior over the globals, the gradient variance of its estimator, and time.
-With ``out`` set, :func:`compare` writes ``summary.json``, one ArviZ netCDF file per method and
-PNG plots.
+Each method is fitted from the same seed, in its own param store; its posterior draws of the
+globals are scored by the exact held-out log predictive density
+(:mod:`pyro_attention.infer.evaluate`), PSIS k-hat of its approximate posterior over the globals,
+the gradient variance of its estimator, and time. Each row says what the method's training
+objective is (``objective``: ELBO, Jensen bound, relaxed-model ELBO, log-likelihood, ...) next to
+its value per point (``train_objective``), so numbers of different kinds are not read as one.
+A method that fails gets a row with status ``error: <type>: <message>`` and the others go on.
+With ``out`` set, :func:`compare` writes ``summary.json`` after every method, one ArviZ netCDF
+file per method as it finishes, and PNG plots at the end.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,19 +26,25 @@ import torch
 from tqdm import tqdm
 
 from pyro_attention._io import write_json
+from pyro_attention.diagnostics import psis_khat, save_datatree, to_datatree
+from pyro_attention.diagnostics.plots import plot_comparison
 from pyro_attention.infer.evaluate import (
+    check_model,
     gradient_variance,
     log_predictive_density,
     pointwise_log_likelihood,
 )
-from pyro_attention.infer.fit import FitResult, NonFiniteLossError, PosteriorDraws
+from pyro_attention.infer.fit import fit, runner_options
 from pyro_attention.infer.methods import InferenceMethod
-from pyro_attention.infer.registry import get_method
+from pyro_attention.infer.registry import applicable_methods, get_method
+from pyro_attention.infer.results import FitResult, NonFiniteLossError, PosteriorDraws
+from pyro_attention.models.base import AlignmentModel, as_model
 
 COLUMNS = (
     "method",
     "heldout_log_lik",
-    "elbo",
+    "objective",
+    "train_objective",
     "seconds",
     "steps",
     "samples_per_second",
@@ -75,6 +86,11 @@ class Comparison:
 
         return pd.DataFrame(self.rows).set_index("method")
 
+    @property
+    def failed(self) -> list[str]:
+        """The methods whose row has an ``error`` status."""
+        return [row["method"] for row in self.rows if str(row["status"]).startswith("error")]
+
     def __str__(self) -> str:
         return format_table(self.rows)
 
@@ -99,72 +115,94 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = COL
     return "\n".join(lines)
 
 
-def _fit_options(method: InferenceMethod, options: dict[str, Any]) -> dict[str, Any]:
-    if method.closed_form or method.name == "nuts":
-        return {k: options[k] for k in ("seed", "progress") if k in options}
-    return options
-
-
 def evaluate_fit(
-    model_obj: Any,
+    model_obj: AlignmentModel | Callable[..., Any],
     result: FitResult,
     train: Any,
     test: Any,
     *,
     num_samples: int = 200,
     grad_draws: int = 20,
+    local_draws: int = 64,
 ) -> tuple[dict[str, Any], PosteriorDraws, torch.Tensor]:
     """Score one fit; returns its row, its draws and the training pointwise log-likelihood."""
+    model_obj = as_model(model_obj)
+    train, test = model_obj.check_data(train), model_obj.check_data(test)
     method = result.method
     nesting = model_obj.max_plate_nesting
     draws = result.draws(num_samples)
-    test_ll = pointwise_log_likelihood(
-        model_obj.model, draws.samples, test, max_plate_nesting=nesting
-    )
-    train_ll, log_prior = pointwise_log_likelihood(
-        model_obj.model, draws.samples, train, max_plate_nesting=nesting, return_log_prior=True
-    )
+    model_fn = method.predictive(model_obj.model)
+    with torch.no_grad():
+        test_ll = pointwise_log_likelihood(
+            model_fn, draws.samples, test, max_plate_nesting=nesting, local_draws=local_draws
+        )
+        train_ll, log_prior = pointwise_log_likelihood(
+            model_fn,
+            draws.samples,
+            train,
+            max_plate_nesting=nesting,
+            return_log_prior=True,
+            local_draws=local_draws,
+        )
     khat = None
     if draws.log_density is not None and draws.log_density.numel() >= 25:
-        from pyro_attention.diagnostics import psis_khat
-
         weights = train_ll.reshape(train_ll.shape[0], -1).sum(-1) + log_prior - draws.log_density
         khat = psis_khat(weights)
     grad_var = None
     if method.stochastic_gradient and result.guide is not None:
         extra = result.extra
-        grad_var = gradient_variance(
-            extra["model_fn"],
-            result.guide,
-            extra["loss_fn"],
-            train,
-            num_draws=grad_draws,
-            **extra["kwargs"],
-        )
+        with result.scope():
+            grad_var = gradient_variance(
+                extra["model_fn"],
+                result.guide,
+                extra["loss_fn"],
+                train,
+                num_draws=grad_draws,
+                **extra["kwargs"],
+            )
     num_train = model_obj.num_points(train)
-    elbo = None
-    if result.losses and method.name not in ("em", "nuts"):
+    train_objective = None
+    if result.losses and method.objective != "none":
         tail = result.losses[-max(1, len(result.losses) // 20) :]
-        elbo = -sum(tail) / len(tail) / num_train
+        train_objective = -sum(tail) / len(tail) / num_train
     row = {
         "method": method.name,
         "heldout_log_lik": log_predictive_density(test_ll, model_obj.num_points(test)),
         "train_log_lik": log_predictive_density(train_ll, num_train),
-        "elbo": elbo,
+        "objective": method.objective,
+        "train_objective": train_objective,
         "seconds": result.seconds,
         "steps": result.steps,
         "samples_per_second": result.samples_per_second,
         "grad_variance": grad_var,
         "psis_khat": khat,
         "num_posterior_samples": int(train_ll.shape[0]),
+        "point_estimate": draws.point_estimate,
         "status": result.status,
         "settings": repr(method),
     }
+    for key in ("max_rhat", "min_ess", "divergences"):
+        if key in result.extra:
+            row[key] = result.extra[key]
     return row, draws, train_ll
 
 
+def error_row(method: InferenceMethod, err: BaseException, seconds: float) -> dict[str, Any]:
+    """The row of a method that failed: its status names the error, its scores are empty."""
+    message = " ".join(str(err).split())
+    return {
+        "method": method.name,
+        "heldout_log_lik": None,
+        "objective": method.objective,
+        "train_objective": None,
+        "seconds": seconds,
+        "status": f"error: {type(err).__name__}: {message}",
+        "settings": repr(method),
+    }
+
+
 def compare(
-    model_obj: Any,
+    model_obj: AlignmentModel | Callable[..., Any],
     train: Any,
     test: Any,
     methods: Sequence[str | InferenceMethod] | None = None,
@@ -174,6 +212,7 @@ def compare(
     subsample_size: int | None = None,
     num_samples: int = 200,
     grad_draws: int = 20,
+    local_draws: int = 64,
     seed: int = 0,
     dataset: str = "custom",
     out: str | Path | None = None,
@@ -181,16 +220,21 @@ def compare(
 ) -> Comparison:
     """Fit ``model_obj`` to ``train`` with each method and score all of them on ``test``.
 
-    :param model_obj: a model of :mod:`pyro_attention.models`.
+    :param model_obj: a model of :mod:`pyro_attention.models`, a subclass of
+        :class:`~pyro_attention.models.AlignmentModel`, or a Pyro model function ``fn(data)``.
     :param train: training data as the model takes it; :param test: held-out data.
-    :param methods: names or method objects; default every method the model supports.
+    :param methods: names or method objects; default every registered method whose
+        requirements the model meets.
     :param num_steps: optimisation steps of the gradient methods; :param lr: their Adam rate.
     :param subsample_size: mini-batch size of the gradient methods that support it.
     :param num_samples: posterior draws for the held-out metric and PSIS.
     :param grad_draws: repeated gradient draws for the gradient variance.
+    :param local_draws: prior draws per continuous local latent in the held-out metric.
     :param out: a folder for ``summary.json``, ``<method>.nc`` and PNG plots.
-    :returns: a :class:`Comparison` (``print`` it for the table).
+    :returns: a :class:`Comparison` (``print`` it for the table); a method that failed has
+        a row with an ``error`` status (see :attr:`Comparison.failed`).
     """
+    model_obj = as_model(model_obj)
     train = model_obj.check_data(train)
     test = model_obj.check_data(test)
     if isinstance(train, torch.Tensor) and isinstance(test, torch.Tensor):
@@ -199,10 +243,21 @@ def compare(
                 f"test is {test.dtype} on {test.device} but train is {train.dtype} on "
                 f"{train.device}; use test.to(train) so both match"
             )
-    names = list(model_obj.supported_methods) if methods is None else list(methods)
+    for name, value, low in (("num_samples", num_samples, 1), ("grad_draws", grad_draws, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    structure = check_model(model_obj, train)
+    names = applicable_methods(structure) if methods is None else list(methods)
+    if not names:
+        raise ValueError("methods is empty; name at least one method")
     objects = [get_method(m) for m in names]
+    seen = [m.name for m in objects]
+    duplicates = sorted({n for n in seen if seen.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"method(s) {', '.join(duplicates)} named twice; name each once")
     for method in objects:  # refuse bad pairs before any work starts
-        method.check(model_obj, subsample_size=subsample_size)
+        method.check(structure, subsample_size=subsample_size)
+    out_dir = None if out is None else _output_folder(out)
     device = str(train.device) if isinstance(train, torch.Tensor) else "cpu"
     comparison = Comparison(model_obj.name, dataset, device, seed, rows=[])
     options = {
@@ -215,39 +270,69 @@ def compare(
     if subsample_size is None:
         options.pop("subsample_size")
     for method in tqdm(objects, desc="methods", disable=not progress):
-        pyro.clear_param_store()
         pyro.set_rng_seed(seed)
         t0 = time.perf_counter()
+        accepted = runner_options(method)
         try:
-            fitted = method.fit(model_obj, train, **_fit_options(method, options))
-        except NonFiniteLossError as err:
-            fitted = err.result
-        pyro.set_rng_seed(seed)
-        draws_wanted = num_samples  # every MCMC draw is scored, so the tree reuses train_ll
-        if fitted.chains is not None:
-            draws_wanted = max(num_samples, math.prod(fitted.chains_shape()))
-        row, draws, train_ll = evaluate_fit(
-            model_obj, fitted, train, test, num_samples=draws_wanted, grad_draws=grad_draws
-        )
+            try:
+                fitted = fit(
+                    model_obj, train, method, **{k: v for k, v in options.items() if k in accepted}
+                )
+            except NonFiniteLossError as err:
+                fitted = err.result
+            pyro.set_rng_seed(seed)
+            draws_wanted = num_samples  # every MCMC draw is scored, so the tree reuses train_ll
+            if fitted.chains is not None:
+                draws_wanted = max(num_samples, math.prod(fitted.chains_shape()))
+            row, draws, train_ll = evaluate_fit(
+                model_obj,
+                fitted,
+                train,
+                test,
+                num_samples=draws_wanted,
+                grad_draws=grad_draws,
+                local_draws=local_draws,
+            )
+        except Exception as err:  # one failing method must not lose the others' rows
+            comparison.rows.append(error_row(method, err, time.perf_counter() - t0))
+            if out_dir is not None:
+                (out_dir / f"{method.name}.nc").unlink(missing_ok=True)  # no stale tree
+                write_json(out_dir / "summary.json", comparison.summary())
+            continue
         row["total_seconds"] = time.perf_counter() - t0
         comparison.rows.append(row)
         comparison.fits[method.name] = fitted
         comparison.draws[method.name] = draws
-        if out is not None:
+        if out_dir is not None:
             comparison.files.append(
-                _write_tree(model_obj, fitted, draws, train, train_ll, Path(out), row)
+                _write_tree(model_obj, fitted, draws, train, train_ll, out_dir, row)
             )
-    if out is not None:
-        out = Path(out)
-        comparison.files.append(write_json(out / "summary.json", comparison.summary()))
-        from pyro_attention.diagnostics.plots import plot_comparison
-
-        comparison.files += plot_comparison(model_obj, comparison, train, out)
+            write_json(out_dir / "summary.json", comparison.summary())
+    if out_dir is not None:
+        comparison.files.append(write_json(out_dir / "summary.json", comparison.summary()))
+        comparison.files += plot_comparison(model_obj, comparison, train, out_dir)
     return comparison
 
 
+def _output_folder(out: str | Path) -> Path:
+    """``out`` as a folder that exists and can be written, or a clear error before any work."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"out={str(out)!r} is a file; name a folder for the results")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"out={str(out)!r} cannot be written ({err}); choose another folder"
+        ) from None
+    return path
+
+
 def _write_tree(
-    model_obj: Any,
+    model_obj: AlignmentModel,
     fitted: FitResult,
     draws: PosteriorDraws,
     train: Any,
@@ -255,30 +340,40 @@ def _write_tree(
     out: Path,
     row: dict,
 ) -> Path:
-    """Save the method's posterior as an ArviZ DataTree in ``out/<method>.nc``."""
-    from pyro_attention.diagnostics import save_datatree, to_datatree
+    """Save the method's posterior as an ArviZ DataTree in ``out/<method>.nc``.
 
+    A point estimate (EM, ``AutoDelta``) is one draw with ``attrs["point_estimate"] = True`` and
+    no ``log_likelihood`` group, so ArviZ's ``loo`` says that none is there instead of failing
+    on a single draw.
+    """
     dims = model_obj.arviz_dims()
     sample_stats = None
+    log_likelihood: dict[str, torch.Tensor] | None = {"obs": train_ll}
+    sample_dims: tuple[str, ...]
     if fitted.chains is not None:
         posterior, sample_dims = fitted.chains, ("chain", "draw")
         train_ll = train_ll.reshape(*fitted.chains_shape(), *train_ll.shape[1:])
+        log_likelihood = {"obs": train_ll}
         sample_stats = {"diverging": fitted.extra["diverging"]}
     else:
         posterior, sample_dims = draws.samples, ("sample",)
         if draws.log_density is not None:
             sample_stats = {"log_q": draws.log_density}
+    if draws.point_estimate:
+        log_likelihood = None
     tree = to_datatree(
         posterior,
         sample_dims=sample_dims,
-        log_likelihood={"obs": train_ll},
+        log_likelihood=log_likelihood,
         observed_data={"obs": train},
         sample_stats=sample_stats,
         dims=dims,
         attrs={
             "model": model_obj.name,
             "method": fitted.method.name,
+            "objective": fitted.method.objective,
             "heldout_log_lik": row["heldout_log_lik"],
+            "point_estimate": draws.point_estimate,
         },
     )
     return save_datatree(tree, out / f"{fitted.method.name}.nc")

@@ -3,7 +3,8 @@
 * :func:`pointwise_log_likelihood` — :math:`\\log p(x_n \\mid \\theta_s)` for every posterior
   draw ``s`` and data point ``n``, with every discrete latent of the point summed out exactly by
   enumeration (the alignments never come from a guide here, so each method is judged on the
-  model it learned, not on its guide).
+  model it learned, not on its guide); continuous local latents by importance sampling.
+* :func:`check_model` — the model check: can the evaluator score this model?
 * :func:`log_predictive_density` — held-out
   :math:`\\frac1N \\sum_n \\log \\frac1S \\sum_s p(x_n \\mid \\theta_s)`, natural log.
 * :func:`importance_log_weights` — :math:`\\log p(x, \\theta_s) - \\log q(\\theta_s)` on the
@@ -16,30 +17,37 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import config_enumerate
+from pyro.infer.autoguide import AutoDelta
 from pyro.poutine.util import site_is_subsample
 
-from pyro_attention.infer.fit import PosteriorDraws
+from pyro_attention.infer.results import PosteriorDraws
+from pyro_attention.models.structure import ModelStructure, inspect_model, trace_model
+from pyro_attention.traces import local_log_joint, site_dist, site_value
 
 _PARTICLES = "_particles"
 
 
 def _site_shapes(
     model: Callable, samples: dict[str, torch.Tensor], *args: Any, **kwargs: Any
-) -> dict[str, tuple[torch.Size, int]]:
-    """``{site: (value_shape, batch_ndim)}`` of the latent sites of one model run.
+) -> dict[str, tuple[torch.Size, int, bool]]:
+    """``{site: (value_shape, batch_ndim, is_discrete)}`` of the latent sites of one model run.
 
     The run is conditioned on the first draw, so no global is sampled from the prior.
     """
     first = {name: value[0] for name, value in samples.items()}
     trace = poutine.block(poutine.trace(poutine.condition(model, first)).get_trace)(*args, **kwargs)
     return {
-        name: (site["value"].shape, len(site["fn"].batch_shape))
+        name: (
+            site_value(site).shape,
+            len(site_dist(site).batch_shape),
+            bool(site_dist(site).support.is_discrete),
+        )
         for name, site in trace.nodes.items()
         if site["type"] == "sample"
         and not site_is_subsample(site)
@@ -53,7 +61,7 @@ def _pad(samples: dict[str, torch.Tensor], shapes: dict, nesting: int) -> dict[s
     for name, value in samples.items():
         if name not in shapes:
             raise ValueError(f"posterior draw {name!r} is not a latent site of the model")
-        shape, batch_ndim = shapes[name]
+        shape, batch_ndim, _ = shapes[name]
         if tuple(value.shape[1:]) != tuple(shape):
             raise ValueError(
                 f"posterior draws of {name!r} have shape {tuple(value.shape)}; expected "
@@ -63,28 +71,30 @@ def _pad(samples: dict[str, torch.Tensor], shapes: dict, nesting: int) -> dict[s
     return padded
 
 
-def local_log_joint(
-    trace: poutine.Trace, exclude: set[str] | frozenset[str] = frozenset()
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Sum of the log-probabilities of the observed and enumerated sites of a trace.
+@overload
+def pointwise_log_likelihood(
+    model: Callable,
+    samples: dict[str, torch.Tensor],
+    *args: Any,
+    max_plate_nesting: int,
+    chunk_size: int = ...,
+    return_log_prior: Literal[False] = ...,
+    local_draws: int = ...,
+    **kwargs: Any,
+) -> torch.Tensor: ...
 
-    Run on a trace made under ``poutine.enum`` (after ``trace.compute_log_prob()``), it is
-    :math:`\\log p(x, z \\mid \\theta)` for every enumerated value of every alignment, with the
-    enumeration dims on the left of the plate dims.
 
-    :param trace: the enumerated trace.
-    :param exclude: sites to leave out (e.g. the conditioned globals).
-    :returns: the sum, and the union of the observed sites' masks (``None`` if unmasked).
-    """
-    total, keep = 0.0, None
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or name in exclude or site_is_subsample(site):
-            continue
-        if site["is_observed"] or site["infer"].get("_enumerate_dim") is not None:
-            total = total + site["log_prob"]
-            if site["is_observed"] and isinstance(site["mask"], torch.Tensor):
-                keep = site["mask"] if keep is None else keep | site["mask"]
-    return torch.as_tensor(total), keep
+@overload
+def pointwise_log_likelihood(
+    model: Callable,
+    samples: dict[str, torch.Tensor],
+    *args: Any,
+    max_plate_nesting: int,
+    chunk_size: int = ...,
+    return_log_prior: Literal[True],
+    local_draws: int = ...,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def pointwise_log_likelihood(
@@ -94,13 +104,19 @@ def pointwise_log_likelihood(
     max_plate_nesting: int,
     chunk_size: int = 64,
     return_log_prior: bool = False,
+    local_draws: int = 64,
     **kwargs: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Exact pointwise log-likelihood given draws of the global latents.
+    """Pointwise log-likelihood given draws of the global latents.
 
     The model is conditioned on each draw (vectorized over a particle plate), every discrete
     site is enumerated, and the log-probabilities of all observed and enumerated sites are
-    summed and log-sum-exp'ed over the enumeration dims.
+    summed and log-sum-exp'ed over the enumeration dims: exact for discrete local latents.
+    Continuous local latents :math:`u_n` (inside a plate, not in ``samples``) are integrated
+    by importance sampling with their prior as proposal,
+    :math:`\\log \\frac1M \\sum_m p(x_n \\mid u_n^{(m)}, \\theta_s)`,
+    :math:`u_n^{(m)} \\sim p(u_n \\mid \\theta_s)`, with ``M = local_draws``: a consistent
+    estimate whose expectation is a lower bound on :math:`\\log p(x_n \\mid \\theta_s)`.
 
     :param model: the model function (batch-safe: globals ``.to_event``, ``Vindex`` indexing).
     :param samples: ``{site: (S, *site_shape)}``, all global latent sites (``{}`` for a model
@@ -109,11 +125,16 @@ def pointwise_log_likelihood(
     :param max_plate_nesting: the model's plate nesting.
     :param chunk_size: draws evaluated at once (caps memory at ``chunk × K × N``).
     :param return_log_prior: also return :math:`\\log p(\\theta_s)`, shape ``(S,)``.
+    :param local_draws: ``M``, prior draws per continuous local latent (unused without them).
     :returns: ``(S, *plate_shape)``, e.g. ``(S, N)`` for one plate of ``N`` points; entries
         that the model masks out (``poutine.mask``, e.g. padding) are 0.
     """
     shapes = _site_shapes(model, samples, *args, **kwargs)
     missing = [name for name in shapes if name not in samples]
+    continuous = [name for name in missing if not shapes[name][2]]
+    repeats = local_draws if continuous else 1
+    if repeats < 1:
+        raise ValueError(f"local_draws must be >= 1, got {local_draws}")
     num = next(iter(samples.values())).shape[0] if samples else 1
     pointwise, priors = [], []
     for lo in range(0, num, chunk_size):
@@ -121,30 +142,82 @@ def pointwise_log_likelihood(
         size = min(chunk_size, num - lo)
         conditioned = poutine.condition(model, _pad(chunk, shapes, max_plate_nesting))
         enumerated = poutine.enum(
-            config_enumerate(conditioned), first_available_dim=-(max_plate_nesting + 2)
+            config_enumerate(conditioned),
+            first_available_dim=-(max_plate_nesting + 2),
         )
-        with pyro.plate(_PARTICLES, size, dim=-(max_plate_nesting + 1)):
-            trace = poutine.trace(enumerated).get_trace(*args, **kwargs)
-        trace.compute_log_prob()
-        prior = torch.zeros(size)
-        for name in chunk:
-            log_prob = trace.nodes[name]["log_prob"]
-            prior = prior.to(log_prob) + log_prob.reshape(size, -1).sum(-1)
-        for name, site in trace.nodes.items():
-            if name in missing and site["infer"].get("_enumerate_dim") is None:
-                raise ValueError(
-                    f"latent site {name!r} is neither enumerable nor in the posterior draws; "
-                    "pointwise log-likelihood needs every local latent to be discrete"
-                )
-        local, keep = local_log_joint(trace, exclude=set(chunk) | {_PARTICLES})
-        width = max_plate_nesting + 1
-        local = local.reshape((-1,) + local.shape[-width:]).logsumexp(0)
-        if keep is not None:  # masked cells sum to log K over their enumerated values: zero them
-            local = local.masked_fill(~keep.expand(local.shape[1:]), 0.0)
+        draws, prior = [], torch.zeros(size)
+        for _ in range(repeats):
+            with pyro.plate(_PARTICLES, size, dim=-(max_plate_nesting + 1)):
+                trace = poutine.trace(enumerated).get_trace(*args, **kwargs)
+            trace.compute_log_prob()
+            prior = torch.zeros(size)
+            for name in chunk:
+                log_prob = trace.nodes[name]["log_prob"]
+                prior = prior.to(log_prob) + log_prob.reshape(size, -1).sum(-1)
+            for name in missing:
+                if shapes[name][2] and trace.nodes[name]["infer"].get("_enumerate_dim") is None:
+                    raise ValueError(
+                        f"discrete latent site {name!r} is neither enumerable nor in the "
+                        "posterior draws; write it with alignment() or mark it "
+                        "infer={'enumerate': 'parallel'}"
+                    )
+            local, keep = local_log_joint(trace, exclude=set(chunk) | {_PARTICLES})
+            width = max_plate_nesting + 1
+            local = local.reshape((-1,) + local.shape[-width:]).logsumexp(0)
+            if keep is not None:  # masked cells sum to log K over their enumerated values
+                local = local.masked_fill(~keep.expand(local.shape[1:]), 0.0)
+            draws.append(local)
+        local = torch.stack(draws).logsumexp(0) - math.log(repeats)
         pointwise.append(local)
         priors.append(prior)
     out = torch.cat(pointwise)
     return (out, torch.cat(priors)) if return_log_prior else out
+
+
+def check_model(model_obj: Any, data: Any) -> ModelStructure:
+    """The model check: trace ``model_obj`` on ``data``, then score two prior draws of its
+    globals the way the evaluator does (vectorized over a draw dimension); refuse what the
+    evaluator cannot score, naming the fix. Returns the model's structure.
+    """
+    data = model_obj.check_data(data)
+    structure = inspect_model(model_obj, data)
+    if structure.max_plate_nesting > model_obj.max_plate_nesting:
+        raise ValueError(
+            f"{structure.model} nests {structure.max_plate_nesting} plates but declares "
+            f"max_plate_nesting={model_obj.max_plate_nesting}; set the class attribute "
+            f"max_plate_nesting = {structure.max_plate_nesting}"
+        )
+    draws = [trace_model(model_obj, data) for _ in range(2)]
+    samples = {
+        name: torch.stack([site_value(trace.nodes[name]) for trace in draws])
+        for name in structure.global_sites
+    }
+    try:
+        with torch.no_grad():
+            ll = pointwise_log_likelihood(
+                model_obj.model,
+                samples,
+                data,
+                max_plate_nesting=model_obj.max_plate_nesting,
+                local_draws=2,
+            )
+    except Exception as err:  # any failure here is a model the evaluator cannot score
+        raise ValueError(
+            f"{structure.model}: the evaluator cannot score this model with its globals "
+            f"vectorized over draws ({type(err).__name__}: {str(err).splitlines()[0]}). Write "
+            "the globals batch-safe: declare them outside every plate with .to_event(...), "
+            "build constants from the data (data.new_tensor, torch.zeros_like), index with "
+            "attend()/Vindex, and leave the left-most dims free (see 'Your own model' in the "
+            "README)"
+        ) from err
+    leading = ll.shape[0] if ll.dim() else 0
+    if leading != 2:
+        raise ValueError(
+            f"{structure.model}: its pointwise log-likelihood has shape {tuple(ll.shape)}, "
+            "not (draws, ...): declare the data plate(s) with an explicit dim= and keep the "
+            "globals batch-safe (.to_event(...))"
+        )
+    return structure
 
 
 def log_predictive_density(pointwise: torch.Tensor, num_units: int | None = None) -> float:
@@ -184,23 +257,33 @@ def importance_log_weights(
 
 
 def sample_guide_globals(
-    guide: Callable, model_obj: Any, data: Any, num_samples: int
+    guide: Any, model_obj: Any, data: Any, num_samples: int
 ) -> PosteriorDraws:
     """Draw the global latents from a guide, vectorized, with their log density ``log q``.
 
-    Local sites the guide samples (alignments) are discarded; plate padding is stripped so the
-    draws have shape ``(S, *site_shape)``.
+    Local sites the guide samples (alignments, continuous locals) are discarded; plate padding
+    is stripped so the draws have shape ``(S, *site_shape)``. A guide whose globals are an
+    ``AutoDelta`` gives one draw, marked as a point estimate.
     """
+    point = isinstance(getattr(guide, "global_guide", None), AutoDelta)
+    num_samples = 1 if point else num_samples
     nesting = model_obj.max_plate_nesting
     with torch.no_grad(), pyro.plate(_PARTICLES, num_samples, dim=-(nesting + 1)):
         trace = poutine.trace(guide).get_trace(data)
     trace.compute_log_prob()
-    names = guide.global_site_names()
-    shapes = {name: guide.prototype_trace.nodes[name]["value"].shape for name in names}
+    prototype = guide.prototype_trace.nodes
+    names = [
+        name
+        for name in guide.global_site_names()
+        if not any(frame.vectorized for frame in prototype[name]["cond_indep_stack"])
+    ]
+    shapes = {name: site_value(prototype[name]).shape for name in names}
     samples = {
-        name: trace.nodes[name]["value"].reshape(num_samples, *shapes[name]) for name in names
+        name: site_value(trace.nodes[name]).reshape(num_samples, *shapes[name]) for name in names
     }
-    log_q = 0.0
+    if point:  # an AutoDelta: one point, no density
+        return PosteriorDraws(samples, None, point_estimate=True)
+    log_q: torch.Tensor | float = 0.0
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or name == _PARTICLES or site["is_observed"]:
             continue
@@ -232,7 +315,7 @@ def gradient_variance(
         with poutine.trace(param_only=True) as capture:
             loss.loss_and_grads(model, guide, *args, **kwargs)
         params = {
-            name: site["value"].unconstrained()
+            name: site_value(site).unconstrained()  # type: ignore[attr-defined]
             for name, site in sorted(capture.trace.nodes.items())
         }
         flat = [

@@ -1,17 +1,20 @@
-"""Fitting: one SVI loop for every gradient method, plus closed-form and NUTS runs.
+"""Runners: one SVI loop for every gradient method, plus closed-form and MCMC runs.
 
-:func:`fit` is a convenience: it builds ``SVI(method.prepare(model), method.guide(model_obj),
-optim, method.loss())`` and steps it with a progress bar, optional atomic checkpoints that a
-later call resumes from, and a guard that stops at the first non-finite loss or parameter with
-the last good parameters restored (:class:`NonFiniteLossError`).
+:func:`fit` checks the data, the model and the options, then runs the method's runner
+(:data:`RUNNERS`, named by :attr:`InferenceMethod.runner`) in the fit's own Pyro param store,
+so two fits in one process never share parameters. The SVI runner builds
+``SVI(method.prepare(model), method.guide(model_obj), optim, method.loss())`` and steps it with a
+progress bar, optional atomic checkpoints that a later call resumes from, and a guard that stops
+at the first non-finite loss or parameter with the last good parameters restored
+(:class:`NonFiniteLossError`).
 """
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,80 +23,26 @@ import torch
 from pyro import poutine
 from pyro.infer import MCMC, SVI
 from pyro.infer import NUTS as _PyroNUTS
+from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 from pyro.optim import ClippedAdam, PyroOptim
 from tqdm import tqdm
 
 from pyro_attention._io import atomic_path
+from pyro_attention.guides import LOCAL_KINDS
+from pyro_attention.infer.evaluate import sample_guide_globals
 from pyro_attention.infer.methods import InferenceMethod
 from pyro_attention.infer.registry import get_method
+from pyro_attention.infer.results import (
+    FitResult,
+    NonFiniteLossError,
+    ParamState,
+    PosteriorDraws,
+    own_param_store,
+)
+from pyro_attention.models.base import AlignmentModel, as_model
+from pyro_attention.models.structure import ModelStructure, inspect_model
 
-
-@dataclass
-class PosteriorDraws:
-    """Draws of the global latent sites.
-
-    :ivar samples: ``{site: (S, *site_shape)}`` in the model's constrained space.
-    :ivar log_density: ``(S,)`` log density of the approximate posterior at the draws, or
-        ``None`` (point estimates, MCMC).
-    """
-
-    samples: dict[str, torch.Tensor]
-    log_density: torch.Tensor | None = None
-
-
-@dataclass
-class FitResult:
-    """What a method learned, and how long it took.
-
-    :ivar method: the method object.
-    :ivar losses: the training objective per step (negative ELBO, negative bound, ...).
-    :ivar steps: optimisation steps / iterations / MCMC draws made.
-    :ivar seconds: wall time of the fit.
-    :ivar points_seen: data points processed (for samples per second).
-    :ivar guide: the trained guide (gradient methods).
-    :ivar state: method-specific result (CAVI/EM result, ``MCMC`` object).
-    :ivar status: ``"ok"`` or why the run stopped early.
-    :ivar sample_dims: ``("sample",)`` or ``("chain", "draw")`` of :attr:`chains`.
-    :ivar chains: MCMC draws grouped ``(chain, draw, ...)``.
-    """
-
-    method: InferenceMethod
-    losses: list[float]
-    steps: int
-    seconds: float
-    points_seen: int
-    sampler: Callable[[int], PosteriorDraws]
-    guide: Callable | None = None
-    state: Any = None
-    status: str = "ok"
-    sample_dims: tuple[str, ...] = ("sample",)
-    chains: dict[str, torch.Tensor] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def draws(self, num_samples: int) -> PosteriorDraws:
-        """``num_samples`` draws of the global latents (fewer for point estimates)."""
-        return self.sampler(num_samples)
-
-    def chains_shape(self) -> tuple[int, int]:
-        """``(num_chains, num_draws)`` of :attr:`chains`."""
-        if self.chains is None:
-            raise ValueError(f"{self.method.name} has no MCMC chains")
-        return tuple(next(iter(self.chains.values())).shape[:2])
-
-    @property
-    def samples_per_second(self) -> float:
-        return self.points_seen / self.seconds if self.seconds > 0 else float("nan")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when the loss or a parameter becomes NaN/inf; the last good state is kept.
-
-    :ivar result: the :class:`FitResult` up to the last good step.
-    """
-
-    def __init__(self, message: str, result: FitResult) -> None:
-        super().__init__(message)
-        self.result = result
+Runner = Callable[..., FitResult]
 
 
 def fit(
@@ -102,14 +51,81 @@ def fit(
     method: str | InferenceMethod = "enum",
     **options: Any,
 ) -> FitResult:
-    """Fit ``model_obj`` to ``data`` with ``method`` (a name or a method object).
+    """Fit ``model_obj`` (a model, or a Pyro model function) to ``data`` with ``method`` (a
+    name or a method object), in a param store of its own.
 
-    Options of the gradient methods: ``num_steps``, ``lr`` or ``optim``, ``subsample_size``,
+    Options of the ``svi`` runner: ``num_steps``, ``lr`` or ``optim``, ``subsample_size``,
     ``batches`` (mini-batches to step on, see :func:`svi_fit`), ``seed``, ``progress``,
-    ``checkpoint`` (a file path), ``checkpoint_every``, ``resume``.
-    Closed-form methods and NUTS take ``seed`` and ``progress``.
+    ``checkpoint`` (a file path), ``checkpoint_every``, ``resume``, ``guide``.
+    The ``closed-form`` and ``mcmc`` runners take ``seed`` and ``progress`` and leave the
+    others out (their settings are the method's: ``CAVI(max_iter=...)``, ``NUTS(...)``); an
+    option no runner knows is refused.
+    The trained parameters stay with the result: ``with result.scope(): ...`` brings them
+    back into Pyro's param store.
     """
-    return get_method(method).fit(model_obj, data, **options)
+    model_obj = as_model(model_obj)
+    method = get_method(method)
+    runner = RUNNERS.get(method.runner)
+    if runner is None:
+        raise ValueError(
+            f"method {method.name!r} declares runner={method.runner!r}; expected one of "
+            f"{sorted(RUNNERS)}"
+        )
+    known = frozenset().union(*RUNNER_OPTIONS.values())
+    unknown = set(options) - known
+    if unknown:
+        raise ValueError(
+            f"fit() takes no option {', '.join(sorted(unknown))}; method {method.name!r} "
+            f"(runner {method.runner!r}) takes {', '.join(sorted(RUNNER_OPTIONS[method.runner]))}"
+        )
+    # options of the other runners (num_steps for cavi, ...) are left out, so that one set of
+    # options serves a loop over methods; method settings go to the method's constructor
+    options = {k: v for k, v in options.items() if k in RUNNER_OPTIONS[method.runner]}
+    data = model_obj.check_data(data)
+    structure = inspect_model(model_obj, data)
+    _check_nesting(model_obj, structure)
+    method.check(structure, subsample_size=options.get("subsample_size"))
+    with own_param_store() as params:
+        try:
+            result = runner(method, model_obj, data, structure=structure, **options)
+        except NonFiniteLossError as err:
+            err.result.params = params
+            raise
+    result.params = params
+    return result
+
+
+def runner_options(method: InferenceMethod) -> frozenset[str]:
+    """The options :func:`fit` accepts for ``method``."""
+    return RUNNER_OPTIONS[method.runner]
+
+
+def _check_nesting(model_obj: AlignmentModel, structure: ModelStructure) -> None:
+    if structure.max_plate_nesting > model_obj.max_plate_nesting:
+        raise ValueError(
+            f"{structure.model} nests {structure.max_plate_nesting} plates but declares "
+            f"max_plate_nesting={model_obj.max_plate_nesting}; set the class attribute "
+            f"max_plate_nesting = {structure.max_plate_nesting}"
+        )
+
+
+def _check_checkpoint_path(path: Path) -> None:
+    """Refuse, before any step, a checkpoint path that cannot be written."""
+    if path.is_dir():
+        raise ValueError(f"checkpoint={str(path)!r} is a folder; name a file in it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".{path.name}.write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"checkpoint={str(path)!r} cannot be written ({err})") from None
+
+
+def _check_int(value: Any, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
 
 
 def _param_snapshot() -> dict[str, torch.Tensor]:
@@ -123,13 +139,13 @@ def _restore(snapshot: dict[str, torch.Tensor]) -> None:
                 value.copy_(snapshot[name])
 
 
-def _load_params(saved: dict) -> None:
+def _load_params(saved: ParamState) -> None:
     """Restore a saved param store *in place*: parameters already in the store (e.g. those of
     a ``torch.nn`` module registered with ``pyro.module``, which keeps its own tensors) get
     the saved values copied into them; the others are added."""
     store = pyro.get_param_store()
     existing = dict(store.named_parameters())
-    rest = {"params": {}, "constraints": {}}
+    rest = ParamState(params={}, constraints={})
     with torch.no_grad():
         for name, value in saved["params"].items():
             if name in existing and existing[name].shape == value.shape:
@@ -165,8 +181,6 @@ def _save_checkpoint(
 
 
 def _guide_sampler(guide: Callable, model_obj: Any, data: Any) -> Callable[[int], PosteriorDraws]:
-    from pyro_attention.infer.evaluate import sample_guide_globals
-
     def sampler(num_samples: int) -> PosteriorDraws:
         return sample_guide_globals(guide, model_obj, data, num_samples)
 
@@ -197,12 +211,12 @@ def svi_fit(
     model_obj: Any,
     data: Any,
     *,
+    structure: ModelStructure | None = None,
     num_steps: int = 1000,
     lr: float = 0.05,
     optim: PyroOptim | None = None,
     subsample_size: int | None = None,
     batches: Batches | None = None,
-    batch_offset: int = 0,
     seed: int | None = None,
     progress: bool = True,
     checkpoint: str | Path | None = None,
@@ -216,27 +230,103 @@ def svi_fit(
     function ``epoch -> iterable of batches`` (e.g. ``lambda epoch: dataset.batches("train",
     32, shuffle=True, seed=epoch)``) or a re-iterable such as a list; ``data`` is then the
     whole training set (checked, used to initialise the model and for posterior draws).
-    ``batch_offset`` batches are skipped first (those an earlier phase of the same run used).
+    A method of several phases (:meth:`InferenceMethod.phases`, e.g. Dirichlet after Jensen
+    pre-training) runs them one after another, each going on with the next batches.
     """
-    method.check(model_obj, subsample_size=subsample_size)
-    data = model_obj.check_data(data)
+    structure = inspect_model(model_obj, data) if structure is None else structure
+    num_steps = _check_int(num_steps, "num_steps", 1)
+    if optim is None and not (isinstance(lr, int | float) and 0 < lr < math.inf):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    _check_int(checkpoint_every, "checkpoint_every", 1)
+    if subsample_size is not None:
+        _check_int(subsample_size, "subsample_size", 1)
+        if subsample_size > model_obj.num_points(data):
+            raise ValueError(
+                f"subsample_size={subsample_size} is larger than the {model_obj.num_points(data)} "
+                "data points; use a smaller subsample_size or none"
+            )
     if batches is not None and subsample_size is not None:
         raise ValueError("pass either batches or subsample_size, not both")
-    from pyro_attention.guides.auto import LOCAL_KINDS  # guides import the infer package
-
-    if (
-        batches is not None
-        and guide is None
-        and method.alignment_guide in LOCAL_KINDS
-        and getattr(model_obj, "encoder", None) is None
-    ):
-        raise ValueError(
-            f"{method.name} on {type(model_obj).__name__} keeps one q(z) per point of data, "
-            "which mini-batches from batches= cannot be matched to; give the model an "
-            "amortized encoder (encoder=...), or step on subsamples with subsample_size="
-        )
+    phases = method.phases(num_steps)
+    for phase, _ in phases:
+        phase.check(structure, subsample_size=subsample_size)
+        if (
+            batches is not None
+            and guide is None
+            and phase.guide_spec().kind in LOCAL_KINDS
+            and not structure.has_encoder
+        ):
+            raise ValueError(
+                f"{phase.name} on {structure.model} keeps one q(z) per point of data, which "
+                "mini-batches from batches= cannot be matched to; give the model an amortized "
+                "encoder (encoder=...), or step on subsamples with subsample_size="
+            )
+    if checkpoint is not None:
+        _check_checkpoint_path(Path(checkpoint))
     if seed is not None:
         pyro.set_rng_seed(seed)
+    result: FitResult | None = None
+    offset = 0
+    for index, (phase, steps) in enumerate(phases):
+        last = index == len(phases) - 1
+        try:
+            part = _svi_phase(
+                phase,
+                model_obj,
+                data,
+                num_steps=steps,
+                lr=lr,
+                optim=optim if last else None,
+                subsample_size=subsample_size,
+                batches=batches,
+                batch_offset=offset,
+                progress=progress,
+                checkpoint=checkpoint if last else None,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                guide=guide if last else None,
+            )
+        except NonFiniteLossError as err:
+            if result is not None:
+                err.result = _prepend(result, err.result)
+            err.result.method = method
+            raise
+        offset += part.steps
+        result = part if result is None else _prepend(result, part)
+    assert result is not None
+    result.method = method
+    return result
+
+
+def _prepend(first: FitResult, result: FitResult) -> FitResult:
+    """``result`` with the earlier phase ``first`` counted in."""
+    result.losses = first.losses + result.losses
+    result.steps += first.steps
+    result.seconds += first.seconds
+    result.points_seen += first.points_seen
+    result.extra["step_points"] = first.extra["step_points"] + result.extra["step_points"]
+    result.extra["pretrain_steps"] = first.steps
+    return result
+
+
+def _svi_phase(
+    method: InferenceMethod,
+    model_obj: Any,
+    data: Any,
+    *,
+    num_steps: int,
+    lr: float,
+    optim: PyroOptim | None,
+    subsample_size: int | None,
+    batches: Batches | None,
+    batch_offset: int,
+    progress: bool,
+    checkpoint: str | Path | None,
+    checkpoint_every: int,
+    resume: bool,
+    guide: Callable | None,
+) -> FitResult:
+    """One SVI run of ``num_steps`` steps (see :func:`svi_fit`)."""
     model_obj.initialize(data)
     guide = method.guide(model_obj) if guide is None else guide
     model_fn = method.prepare(model_obj.model)
@@ -341,58 +431,55 @@ def svi_fit(
 
 
 def closed_form_fit(
-    method: InferenceMethod,
+    method: Any,
     model_obj: Any,
     data: Any,
     *,
+    structure: ModelStructure | None = None,
     seed: int | None = 0,
     progress: bool = True,
-    **ignored: Any,
 ) -> FitResult:
-    """Run the model's closed-form ``cavi`` or ``em`` updates."""
-    method.check(model_obj)
-    data = model_obj.check_data(data)
-    run = getattr(model_obj, method.name)
+    """Run the model's closed-form update named by ``method.update`` (see
+    :meth:`~pyro_attention.models.AlignmentModel.closed_form_updates`)."""
+    update = model_obj.closed_form_updates()[method.update]
     t0 = time.perf_counter()
-    state = run(data, max_iter=method.max_iter, tol=method.tol, seed=seed or 0, progress=progress)
+    state = update(
+        data, max_iter=method.max_iter, tol=method.tol, seed=seed or 0, progress=progress
+    )
     seconds = time.perf_counter() - t0
     n = model_obj.num_points(data)
-    if method.name == "cavi":
-        losses = [-float(e) for e in state.elbo_trace]
 
-        def sampler(num_samples: int) -> PosteriorDraws:
-            samples = state.posterior.sample(num_samples)
-            return PosteriorDraws(samples, state.posterior.log_prob(samples))
-    else:
-        losses = [-float(ll) * n for ll in state.log_likelihood_trace]
-
-        def sampler(num_samples: int) -> PosteriorDraws:
-            return PosteriorDraws(state.as_samples())
+    def sampler(num_samples: int) -> PosteriorDraws:
+        samples, log_density = state.sample_globals(num_samples)
+        return PosteriorDraws(samples, log_density, point_estimate=method.point_estimate)
 
     return FitResult(
         method=method,
-        losses=losses,
+        losses=[-float(value) for value in state.objective_per_iteration()],
         steps=state.n_iter,
         seconds=seconds,
         points_seen=state.n_iter * n,
         sampler=sampler,
         state=state,
-        status="ok" if state.converged else f"not converged after {state.n_iter} iterations",
+        status="ok" if state.converged else f"warn: not converged after {state.n_iter} iterations",
     )
 
 
 def nuts_fit(
-    method: InferenceMethod,
+    method: Any,
     model_obj: Any,
     data: Any,
     *,
+    structure: ModelStructure | None = None,
     seed: int | None = 0,
     progress: bool = True,
-    **ignored: Any,
 ) -> FitResult:
-    """NUTS over the globals with the alignments enumerated; chains run one after another."""
-    method.check(model_obj)
-    data = model_obj.check_data(data)
+    """NUTS over the globals with the alignments enumerated; chains run one after another.
+
+    The status is ``warn`` when a site's split R-hat exceeds ``method.max_rhat``, its bulk
+    effective sample size falls below ``method.min_ess``, or a transition diverged; the row
+    keeps ``max_rhat``, ``min_ess`` and ``divergences`` in ``extra``.
+    """
     run_data = data.double() if method.float64 and data.is_floating_point() else data
     model_obj.initialize(run_data)
     model_fn = method.prepare(model_obj.model)
@@ -428,6 +515,14 @@ def nuts_fit(
         diverging.append(div)
     seconds = time.perf_counter() - t0
     grouped = {k: torch.stack([c[k] for c in chains]) for k in chains[0]}
+    diagnostics = mcmc_diagnostics(grouped, torch.stack(diverging))
+    problems = []
+    if diagnostics["max_rhat"] > method.max_rhat:
+        problems.append(f"R-hat {diagnostics['max_rhat']:.3g} > {method.max_rhat}")
+    if diagnostics["min_ess"] < method.min_ess:
+        problems.append(f"ESS {diagnostics['min_ess']:.3g} < {method.min_ess:g}")
+    if diagnostics["divergences"]:
+        problems.append(f"{diagnostics['divergences']} divergent transitions")
 
     def sampler(num_samples: int) -> PosteriorDraws:
         flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in grouped.items()}
@@ -443,7 +538,52 @@ def nuts_fit(
         seconds=seconds,
         points_seen=steps * model_obj.num_points(data),
         sampler=sampler,
-        sample_dims=("chain", "draw"),
+        status="warn: " + ", ".join(problems) if problems else "ok",
         chains=grouped,
-        extra={"diverging": torch.stack(diverging)},
+        extra={"diverging": torch.stack(diverging), **diagnostics},
     )
+
+
+def mcmc_diagnostics(chains: dict[str, torch.Tensor], diverging: torch.Tensor) -> dict[str, Any]:
+    """Worst split R-hat and bulk ESS over every element of every site, and the divergences.
+
+    :param chains: ``{site: (chains, draws, ...)}``; :param diverging: ``(chains, draws)``.
+    R-hat needs two chains or more (NaN with one).
+    """
+    rhats, esses = [], []
+    for value in chains.values():
+        flat = value.double().reshape(*value.shape[:2], -1)
+        if flat.shape[-1] == 0:
+            continue
+        if flat.shape[0] > 1 and flat.shape[1] > 3:
+            rhats.append(split_gelman_rubin(flat, chain_dim=0, sample_dim=1).nan_to_num(1.0).max())
+        esses.append(effective_sample_size(flat, chain_dim=0, sample_dim=1).nan_to_num(0.0).min())
+    return {
+        "max_rhat": float(torch.stack(rhats).max()) if rhats else math.nan,
+        "min_ess": float(torch.stack(esses).min()) if esses else math.nan,
+        "divergences": int(diverging.sum()),
+    }
+
+
+#: the loops that execute methods, by :attr:`InferenceMethod.runner`
+RUNNERS: dict[str, Runner] = {"svi": svi_fit, "closed-form": closed_form_fit, "mcmc": nuts_fit}
+#: the options :func:`fit` accepts per runner
+RUNNER_OPTIONS: dict[str, frozenset[str]] = {
+    "svi": frozenset(
+        {
+            "num_steps",
+            "lr",
+            "optim",
+            "subsample_size",
+            "batches",
+            "seed",
+            "progress",
+            "checkpoint",
+            "checkpoint_every",
+            "resume",
+            "guide",
+        }
+    ),
+    "closed-form": frozenset({"seed", "progress"}),
+    "mcmc": frozenset({"seed", "progress"}),
+}

@@ -31,7 +31,7 @@ from pyro.infer.util import torch_item
 from pyro.poutine.util import site_is_subsample
 
 from pyro_attention.infer.score_function_kl import sum_to_shape
-from pyro_attention.infer.traces import guide_and_model_traces, observed_sites
+from pyro_attention.traces import guide_and_model_traces, observed_sites
 
 
 class LocalReweightedWakeSleep(ELBO):

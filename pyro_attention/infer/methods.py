@@ -1,19 +1,27 @@
-"""Inference methods as small objects with declared capabilities.
+"""Inference methods as declarations: what each does to a model, and what it needs of one.
 
 A method turns one model into one Pyro inference problem:
 
 * :meth:`InferenceMethod.prepare` applies the handler the method needs to the model function
   (enumeration, relaxation, soft attention);
-* :meth:`InferenceMethod.guide` asks the model for its matching guide;
-* :meth:`InferenceMethod.loss` returns the Pyro ELBO.
+* :meth:`InferenceMethod.guide_spec` says what the guide must do with the alignment sites, and
+  :meth:`InferenceMethod.guide` asks the model for that guide;
+* :meth:`InferenceMethod.loss` returns the Pyro ELBO;
+* :attr:`InferenceMethod.requires` lists the :class:`Requirement` s a model must meet, checked
+  against the :class:`~pyro_attention.models.structure.ModelStructure` read from one trace of
+  the model, so which methods apply to a model is derived, never listed;
+* :attr:`InferenceMethod.runner` names the loop that executes it (``"svi"``, ``"closed-form"``,
+  ``"mcmc"``; see :mod:`pyro_attention.infer.fit`), and :attr:`InferenceMethod.objective` says
+  what its training objective is, so numbers of different kinds are never read as one.
 
 So a user can always assemble the SVI by hand::
 
     method = Reinforce(baseline=DecayingAverageBaseline(0.95))
     svi = SVI(method.prepare(gmm.model), method.guide(gmm), Adam({"lr": 0.05}), method.loss())
 
-Closed-form methods (``cavi``, ``em``) call the model's own updates and ``nuts`` runs Pyro's
-MCMC; all of them return a :class:`~pyro_attention.infer.fit.FitResult` from :meth:`fit`.
+A new method is a subclass registered by name
+(:func:`~pyro_attention.infer.registry.register_method`); it then runs in ``fit()``,
+``compare()`` and the CLI on every model that meets its requirements.
 
 =============  ======================================  ==========================================
 name           what happens to the alignment ``z``     objective / Pyro loss
@@ -33,15 +41,16 @@ name           what happens to the alignment ``z``     objective / Pyro loss
 ``cavi``       closed-form coordinate ascent           free-form VI bound
 ``em``         expectation-maximisation                maximum likelihood
 ``nuts``       enumerated; globals by NUTS             MCMC
+``svi``        no alignments (continuous latents)      ``Trace_ELBO``, pathwise
 =============  ======================================  ==========================================
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from pyro import poutine
 from pyro.infer import (
     ELBO,
     ReweightedWakeSleep,
@@ -52,50 +61,150 @@ from pyro.infer import (
 )
 
 from pyro_attention import handlers
-from pyro_attention.alignment import is_alignment_site
+from pyro_attention.guides import GuideSpec
 from pyro_attention.infer.baselines import Baseline, DecayingAverageBaseline, NeuralBaseline
+from pyro_attention.infer.local_rws import LocalReweightedWakeSleep
+from pyro_attention.infer.score_function_kl import ScoreFunctionKL_ELBO
+from pyro_attention.models.structure import ModelStructure
 
-if TYPE_CHECKING:
-    from pyro_attention.infer.fit import FitResult
+#: the loops that execute methods (see :mod:`pyro_attention.infer.fit`)
+RUNNERS = ("svi", "closed-form", "mcmc")
+#: what a method's training objective is, per kind
+OBJECTIVES = (
+    "ELBO",
+    "Jensen bound",
+    "importance-weighted bound",
+    "relaxed-model ELBO",
+    "soft-model ELBO",
+    "log-likelihood",
+    "none",
+)
 
 
-def enumerate_alignments(model: Callable) -> Callable:
-    """``model`` with every alignment site marked for parallel enumeration."""
+@dataclass(frozen=True)
+class Requirement:
+    """One thing a method needs of a model.
 
-    def config(site: dict) -> dict:
-        return {"enumerate": "parallel"} if is_alignment_site(site) else {}
+    :param needs: what is needed, in words (``"alignment sites"``).
+    :param holds: ``ModelStructure -> bool``.
+    :param fix: how a user adds it, or which method to use instead.
+    """
 
-    return poutine.infer_config(model, config)
+    needs: str
+    holds: Callable[[ModelStructure], bool]
+    fix: str
+
+    def __call__(self, structure: ModelStructure) -> bool:
+        return self.holds(structure)
+
+
+HAS_ALIGNMENTS = Requirement(
+    "alignment sites",
+    lambda s: bool(s.alignment_sites),
+    "write each discrete choice with pyro_attention.alignment(name, logits)",
+)
+HAS_CONTINUOUS_GLOBALS = Requirement(
+    "continuous global latent sites",
+    lambda s: bool(s.global_sites),
+    "give the model priors on its global parameters (pyro.sample sites outside the plates)",
+)
+NO_NETWORK_PARAMETERS = Requirement(
+    "no network parameters (MCMC would sample the globals with the networks frozen untrained)",
+    lambda s: not s.network_parameters,
+    "fit the networks with a gradient method (enum, vi-enum, ...), or write them as latent sites",
+)
+NO_LOCAL_CONTINUOUS = Requirement(
+    "no continuous local latent sites",
+    lambda s: not s.local_sites,
+    "use a gradient method (enum, vi-enum, reinforce, ...), whose guide covers them",
+)
+NO_GLOBAL_LATENTS = Requirement(
+    "no global latent sites (one importance weight per alignment)",
+    lambda s: not s.global_sites and not s.local_sites,
+    "use RWS(local=False), which weights whole traces",
+)
+ONE_ALIGNMENT_SITE = Requirement(
+    "exactly one alignment site",
+    lambda s: len(s.alignment_sites) == 1,
+    "use RWS(local=False)",
+)
+NO_DISCRETE_LATENTS = Requirement(
+    "no discrete latent sites (every latent reparameterizable)",
+    lambda s: not s.alignment_sites and not s.discrete_sites,
+    "use a method for discrete choices: enum, vi-enum, reinforce, gumbel, ...",
+)
+
+
+def closed_form(update: str) -> Requirement:
+    """The model provides the closed-form update ``update`` (see
+    :meth:`~pyro_attention.models.AlignmentModel.closed_form_updates`)."""
+    return Requirement(
+        f"a closed-form {update!r} update",
+        lambda s: update in s.closed_form_updates,
+        f"define {update}(data, *, max_iter, tol, seed, progress) on the model, returning a "
+        "pyro_attention.models.ClosedFormResult (conjugate models can); or use enum",
+    )
 
 
 class InferenceMethod:
-    """Base class of the inference methods; subclasses set the class attributes below."""
+    """Base class of the inference methods; subclasses set the class attributes below.
+
+    A subclass registered with :func:`~pyro_attention.infer.registry.register_method` runs
+    by name in ``fit()``, ``compare()`` and the CLI on every model meeting :attr:`requires`.
+    """
 
     name: ClassVar[str] = "base"
+    #: the loop that executes the method: one of :data:`RUNNERS`
+    runner: ClassVar[str] = "svi"
+    #: what the training objective is: one of :data:`OBJECTIVES`
+    objective: ClassVar[str] = "ELBO"
+    #: what the method needs of a model
+    requires: ClassVar[tuple[Requirement, ...]] = (HAS_ALIGNMENTS,)
     #: what the guide does with alignment sites (see :mod:`pyro_attention.guides.auto`)
     alignment_guide: ClassVar[str] = "marginalized"
-    #: the alignments are summed out exactly
-    can_enumerate: ClassVar[bool] = False
-    #: the method optimises or samples with a guide
-    needs_guide: ClassVar[bool] = True
-    #: the method works with mini-batches (``subsample_size``)
-    supports_subsampling: ClassVar[bool] = True
-    #: Pyro passes ``observations=`` to the guide (reweighted wake-sleep)
-    requires_observations_kwarg: ClassVar[bool] = False
-    #: the gradient is a stochastic estimate whose variance is worth measuring
-    stochastic_gradient: ClassVar[bool] = True
-    #: closed-form updates provided by the model (no Pyro loss)
-    closed_form: ClassVar[bool] = False
     #: the guide's alignment sites are enumerated (their expectation is exact)
     enumerate_guide: ClassVar[bool] = False
+    #: the method works with mini-batches (``subsample_size``)
+    supports_subsampling: ClassVar[bool] = True
+    #: the gradient is a stochastic estimate whose variance is worth measuring
+    stochastic_gradient: ClassVar[bool] = True
+    #: the fit is a point estimate of the globals (EM, MAP), not a distribution
+    point_estimate: ClassVar[bool] = False
 
+    # ------------------------------------------------------------------ contract
+    def unmet(self, structure: ModelStructure) -> list[Requirement]:
+        """The requirements ``structure`` does not meet."""
+        return [req for req in self.requires if not req(structure)]
+
+    def check(self, structure: ModelStructure, *, subsample_size: int | None = None) -> None:
+        """Refuse a model this method cannot run on, or a bad option, naming the fix."""
+        unmet = self.unmet(structure)
+        if unmet:
+            reasons = "; ".join(f"it needs {req.needs} ({req.fix})" for req in unmet)
+            raise ValueError(f"method {self.name!r} does not apply to {structure.model}: {reasons}")
+        if subsample_size is not None and not self.supports_subsampling:
+            raise ValueError(
+                f"method {self.name!r} cannot use mini-batches (subsample_size="
+                f"{subsample_size}) with {structure.model}: it needs every data point at once; "
+                "drop subsample_size or use 'enum', 'reinforce' or 'gumbel'"
+            )
+
+    # ------------------------------------------------------------------ the problem
     def prepare(self, model: Callable) -> Callable:
         """The model function as this method needs it (a handler applied)."""
         return model
 
+    def guide_spec(self) -> GuideSpec:
+        """What the guide must do with the alignment sites."""
+        return GuideSpec(
+            kind=self.alignment_guide,
+            enumerate=self.enumerate_guide,
+            site_infer=self.guide_site_infer,
+        )
+
     def guide(self, model_obj: Any) -> Callable:
         """The model's guide matching this method."""
-        return model_obj.guide(self)
+        return model_obj.guide(self.guide_spec())
 
     def predictive(self, model: Callable) -> Callable:
         """The model function whose likelihood scores this method's fit on held-out data.
@@ -107,36 +216,24 @@ class InferenceMethod:
 
     def loss(self, max_plate_nesting: int | None = None) -> ELBO:
         """The Pyro loss of this method."""
-        raise NotImplementedError(f"{self.name} has no Pyro loss; call fit() instead")
+        raise ValueError(f"{self.name!r} has no Pyro loss (runner {self.runner!r}); call fit()")
 
-    def guide_site_infer(self, name: str, batch_shape, features, plates, args, kwargs) -> dict:
+    def guide_site_infer(
+        self, name: str, batch_shape: Any, features: Any, plates: Any, args: Any, kwargs: Any
+    ) -> dict:
         """Extra ``infer`` entries for the guide's alignment site ``name`` (baselines)."""
         return {}
 
-    def check(self, model_obj: Any, *, subsample_size: int | None = None) -> None:
-        """Refuse an invalid model/method pair or option with a message naming the fix."""
-        supported = tuple(model_obj.supported_methods)
-        model_name = type(model_obj).__name__
-        if self.name not in supported:
-            raise ValueError(
-                f"method {self.name!r} does not apply to {model_name}: "
-                f"{model_obj.unsupported_reason(self.name)}; use one of {', '.join(supported)}"
-            )
-        if subsample_size is not None and not self.supports_subsampling:
-            raise ValueError(
-                f"method {self.name!r} cannot use mini-batches (subsample_size="
-                f"{subsample_size}) with {model_name}: it needs every data point at once; drop "
-                "subsample_size or use 'enum', 'reinforce' or 'gumbel'"
-            )
+    def phases(self, num_steps: int) -> list[tuple[InferenceMethod, int]]:
+        """The SVI runs that make up ``num_steps`` steps of this method, in order."""
+        return [(self, num_steps)]
 
-    def fit(self, model_obj: Any, data: Any, **options: Any) -> FitResult:
-        """Fit ``model_obj`` to ``data``; see :func:`pyro_attention.infer.fit.fit`."""
-        from pyro_attention.infer.fit import svi_fit
-
-        return svi_fit(self, model_obj, data, **options)
+    def options(self) -> dict[str, Any]:
+        """The method's settings, as passed to its constructor."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({fields})"
 
 
@@ -145,10 +242,9 @@ class Enum(InferenceMethod):
 
     name = "enum"
     alignment_guide = "marginalized"
-    can_enumerate = True
 
     def prepare(self, model: Callable) -> Callable:
-        return enumerate_alignments(model)
+        return handlers.enumerate_alignments(model)
 
     def loss(self, max_plate_nesting: int | None = None) -> ELBO:
         return TraceEnum_ELBO(max_plate_nesting=_nesting(max_plate_nesting))
@@ -165,7 +261,6 @@ class VIEnum(InferenceMethod):
 
     name = "vi-enum"
     alignment_guide = "enumerated"
-    can_enumerate = True
     enumerate_guide = True
 
     def loss(self, max_plate_nesting: int | None = None) -> ELBO:
@@ -177,7 +272,7 @@ class _ScoreFunction(InferenceMethod):
 
     def __init__(self, baseline: Baseline | None = None, num_particles: int = 1) -> None:
         self.baseline = DecayingAverageBaseline() if baseline is None else baseline
-        self.num_particles = num_particles
+        self.num_particles = _positive_int(num_particles, "num_particles")
 
     def guide_site_infer(self, name, batch_shape, features, plates, args, kwargs) -> dict:
         return self.baseline.site_infer(name, batch_shape, features, plates, args, kwargs)
@@ -206,6 +301,7 @@ class Hard(_ScoreFunction):
 
     name = "hard"
     alignment_guide = "prior"
+    objective = "Jensen bound"
 
 
 class HardEnum(InferenceMethod):
@@ -214,7 +310,7 @@ class HardEnum(InferenceMethod):
 
     name = "hard-enum"
     alignment_guide = "prior"
-    can_enumerate = True
+    objective = "Jensen bound"
     enumerate_guide = True
     stochastic_gradient = False
 
@@ -227,11 +323,9 @@ class _PaperScoreFunction(InferenceMethod):
 
     def __init__(self, baseline: str = "soft-prior", num_particles: int = 1) -> None:
         self.baseline = baseline
-        self.num_particles = num_particles
+        self.num_particles = _positive_int(num_particles, "num_particles")
 
     def loss(self, max_plate_nesting: int | None = None) -> ELBO:
-        from pyro_attention.infer.score_function_kl import ScoreFunctionKL_ELBO
-
         return ScoreFunctionKL_ELBO(
             baseline=self.baseline,
             num_particles=self.num_particles,
@@ -248,6 +342,7 @@ class HardSample(_PaperScoreFunction):
 
     name = "hard-sample"
     alignment_guide = "prior"
+    objective = "Jensen bound"
 
 
 class VISample(_PaperScoreFunction):
@@ -301,8 +396,8 @@ class RWS(InferenceMethod):
 
     name = "rws"
     alignment_guide = "categorical"
+    objective = "importance-weighted bound"
     supports_subsampling = False
-    requires_observations_kwarg = True
 
     def __init__(self, num_particles: int = 10, insomnia: float = 1.0, local: bool = False) -> None:
         if local and insomnia != 1.0:
@@ -310,14 +405,20 @@ class RWS(InferenceMethod):
                 f"insomnia={insomnia} needs a sleep phase, which local=True does not have; "
                 "use insomnia=1.0 with local=True, or local=False"
             )
-        self.num_particles = num_particles
+        if not 0.0 <= insomnia <= 1.0:
+            raise ValueError(f"insomnia must be in [0, 1], got {insomnia}")
+        self.num_particles = _positive_int(num_particles, "num_particles")
         self.insomnia = insomnia
         self.local = local
 
+    @property
+    def requires(self) -> tuple[Requirement, ...]:  # type: ignore[override]
+        if self.local:
+            return (HAS_ALIGNMENTS, ONE_ALIGNMENT_SITE, NO_GLOBAL_LATENTS)
+        return (HAS_ALIGNMENTS,)
+
     def loss(self, max_plate_nesting: int | None = None) -> ELBO:
         if self.local:
-            from pyro_attention.infer.local_rws import LocalReweightedWakeSleep
-
             return LocalReweightedWakeSleep(self.num_particles, _nesting(max_plate_nesting))
         return ReweightedWakeSleep(
             num_particles=self.num_particles,
@@ -330,18 +431,28 @@ class RWS(InferenceMethod):
 class Gumbel(InferenceMethod):
     """Gumbel-softmax relaxation (Jang et al. 2017; Maddison et al. 2017).
 
-    :param temperature: τ; in float32 keep τ ≳ 0.3.
+    :param temperature: τ > 0; in float32 keep τ ≳ 0.3.
     :param straight_through: discrete one-hot samples with relaxed gradients and the exact KL
-        of the choices (``TraceMeanField_ELBO``; default), or the Concrete relaxation in model
-        and guide (``Trace_ELBO``).
+        of the choices (``TraceMeanField_ELBO``; default; the objective is the ELBO of the
+        discrete model), or the Concrete relaxation in model and guide (``Trace_ELBO``; the
+        ELBO of the relaxed model).
     """
 
     name = "gumbel"
     alignment_guide = "relaxed"
 
     def __init__(self, temperature: float = 0.5, straight_through: bool = True) -> None:
-        self.temperature = temperature
+        self.temperature = _positive_float(temperature, "temperature")
         self.straight_through = straight_through
+
+    @property
+    def objective(self) -> str:  # type: ignore[override]
+        return "ELBO" if self.straight_through else "relaxed-model ELBO"
+
+    def guide_spec(self) -> GuideSpec:
+        return GuideSpec(
+            kind="relaxed", temperature=self.temperature, straight_through=self.straight_through
+        )
 
     def prepare(self, model: Callable) -> Callable:
         return handlers.relax(self.temperature, self.straight_through)(model)
@@ -358,7 +469,7 @@ class Gumbel(InferenceMethod):
 class Dirichlet(InferenceMethod):
     """Alignments relaxed to Dirichlet variables, pathwise gradients (implicit reparam).
 
-    :param concentration: ``c`` of :class:`pyro_attention.handlers.dirichlet`.
+    :param concentration: ``c > 0`` of :class:`pyro_attention.handlers.dirichlet`.
     :param pretrain_steps: spend this many of the ``num_steps`` training the model on the
         Jensen bound (:class:`HardEnum`), as Deng et al. (2018) do, then the rest on the
         Dirichlet ELBO.
@@ -366,30 +477,25 @@ class Dirichlet(InferenceMethod):
 
     name = "dirichlet"
     alignment_guide = "dirichlet"
+    objective = "relaxed-model ELBO"
 
     def __init__(self, concentration: float = 1.0, pretrain_steps: int = 0) -> None:
+        if isinstance(pretrain_steps, bool) or not isinstance(pretrain_steps, int):
+            raise ValueError(f"pretrain_steps must be an integer >= 0, got {pretrain_steps!r}")
         if pretrain_steps < 0:
             raise ValueError(f"pretrain_steps must be >= 0, got {pretrain_steps}")
-        self.concentration = concentration
+        self.concentration = _positive_float(concentration, "concentration")
         self.pretrain_steps = pretrain_steps
 
-    def fit(self, model_obj: Any, data: Any, **options: Any) -> FitResult:
-        from pyro_attention.infer.fit import NonFiniteLossError, svi_fit
-
+    def phases(self, num_steps: int) -> list[tuple[InferenceMethod, int]]:
+        if self.pretrain_steps >= num_steps:
+            raise ValueError(
+                f"dirichlet's pretrain_steps={self.pretrain_steps} leaves none of num_steps="
+                f"{num_steps} for the Dirichlet ELBO; use fewer pre-training steps"
+            )
         if not self.pretrain_steps:
-            return svi_fit(self, model_obj, data, **options)
-        first = {**options, "num_steps": self.pretrain_steps, "checkpoint": None}
-        pretrained = svi_fit(HardEnum(), model_obj, data, **first)
-        total = options.get("num_steps", 1000)
-        rest = {**options, "num_steps": max(total - pretrained.steps, 1), "seed": None}
-        # the Dirichlet phase goes on with the batches after those of the pre-training
-        rest["batch_offset"] = options.get("batch_offset", 0) + pretrained.steps
-        try:
-            result = svi_fit(self, model_obj, data, **rest)
-        except NonFiniteLossError as err:
-            _prepend(pretrained, err.result)
-            raise
-        return _prepend(pretrained, result)
+            return [(self, num_steps)]
+        return [(HardEnum(), self.pretrain_steps), (self, num_steps - self.pretrain_steps)]
 
     def prepare(self, model: Callable) -> Callable:
         return handlers.dirichlet(self.concentration)(model)
@@ -403,6 +509,7 @@ class Soft(InferenceMethod):
 
     name = "soft"
     alignment_guide = "deterministic"
+    objective = "soft-model ELBO"
     stochastic_gradient = False
 
     def prepare(self, model: Callable) -> Callable:
@@ -415,22 +522,37 @@ class Soft(InferenceMethod):
         return Trace_ELBO(max_plate_nesting=_nesting(max_plate_nesting))
 
 
-class _ClosedForm(InferenceMethod):
-    needs_guide = False
-    supports_subsampling = False
-    stochastic_gradient = False
-    closed_form = True
+class ReparamSVI(InferenceMethod):
+    """Plain SVI for models whose latents are all continuous: ``Trace_ELBO`` with the global
+    guide's reparameterized draws (pathwise gradients)."""
 
-    def guide(self, model_obj: Any) -> Callable:
-        raise ValueError(f"{self.name!r} is closed-form and has no guide; call fit() instead")
+    name = "svi"
+    requires = (NO_DISCRETE_LATENTS,)
 
     def loss(self, max_plate_nesting: int | None = None) -> ELBO:
-        raise ValueError(f"{self.name!r} is closed-form and has no Pyro loss; call fit() instead")
+        return Trace_ELBO(max_plate_nesting=_nesting(max_plate_nesting))
 
-    def fit(self, model_obj: Any, data: Any, **options: Any) -> FitResult:
-        from pyro_attention.infer.fit import closed_form_fit
 
-        return closed_form_fit(self, model_obj, data, **options)
+class _ClosedForm(InferenceMethod):
+    """A closed-form update of the model (:attr:`update`), run until the objective gains less
+    than ``tol`` or ``max_iter`` iterations."""
+
+    runner = "closed-form"
+    supports_subsampling = False
+    stochastic_gradient = False
+    #: the name of the model's update (:meth:`AlignmentModel.closed_form_updates`)
+    update: ClassVar[str] = ""
+
+    def __init__(self, max_iter: int, tol: float) -> None:
+        self.max_iter = _positive_int(max_iter, "max_iter")
+        self.tol = _positive_float(tol, "tol")
+
+    @property
+    def requires(self) -> tuple[Requirement, ...]:  # type: ignore[override]
+        return (closed_form(self.update),)
+
+    def guide_spec(self) -> GuideSpec:
+        raise ValueError(f"{self.name!r} is closed-form and has no guide; call fit() instead")
 
 
 class CAVI(_ClosedForm):
@@ -440,20 +562,22 @@ class CAVI(_ClosedForm):
     """
 
     name = "cavi"
+    update = "cavi"
 
     def __init__(self, max_iter: int = 1000, tol: float = 1e-4) -> None:
-        self.max_iter = max_iter
-        self.tol = tol
+        super().__init__(max_iter, tol)
 
 
 class EM(_ClosedForm):
-    """Expectation-maximisation for the maximum-likelihood globals (a point estimate)."""
+    """Expectation-maximisation for the maximum-likelihood (or MAP) globals: a point estimate."""
 
     name = "em"
+    update = "em"
+    objective = "log-likelihood"
+    point_estimate = True
 
     def __init__(self, max_iter: int = 500, tol: float = 1e-6) -> None:
-        self.max_iter = max_iter
-        self.tol = tol
+        super().__init__(max_iter, tol)
 
 
 class NUTS(InferenceMethod):
@@ -465,12 +589,15 @@ class NUTS(InferenceMethod):
         the GMM).
     :param float64: run the chains in float64 (draws are returned in the data's dtype); in
         float32 the step-size adaptation fights round-off and NUTS was 5x slower on the GMM.
+    :param max_rhat: the status is ``warn`` when a site's R-hat exceeds this
+        (Vehtari et al. 2021 recommend 1.01).
+    :param min_ess: ... or when a site's bulk ESS is below this.
     """
 
     name = "nuts"
-    alignment_guide = "marginalized"
-    can_enumerate = True
-    needs_guide = False
+    runner = "mcmc"
+    objective = "none"
+    requires = (HAS_CONTINUOUS_GLOBALS, NO_NETWORK_PARAMETERS, NO_LOCAL_CONTINUOUS)
     supports_subsampling = False
     stochastic_gradient = False
 
@@ -482,38 +609,43 @@ class NUTS(InferenceMethod):
         target_accept_prob: float = 0.8,
         jit_compile: bool = True,
         float64: bool = True,
+        max_rhat: float = 1.01,
+        min_ess: float = 100.0,
     ) -> None:
-        self.num_samples = num_samples
+        self.num_samples = _positive_int(num_samples, "num_samples")
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
         self.warmup_steps = warmup_steps
-        self.num_chains = num_chains
+        self.num_chains = _positive_int(num_chains, "num_chains")
+        if not 0.0 < target_accept_prob < 1.0:
+            raise ValueError(f"target_accept_prob must be in (0, 1), got {target_accept_prob}")
         self.target_accept_prob = target_accept_prob
         self.jit_compile = jit_compile
         self.float64 = float64
+        self.max_rhat = _positive_float(max_rhat, "max_rhat")
+        self.min_ess = _positive_float(min_ess, "min_ess")
 
     def prepare(self, model: Callable) -> Callable:
-        return enumerate_alignments(model)
+        return handlers.enumerate_alignments(model)
 
-    def guide(self, model_obj: Any) -> Callable:
+    def guide_spec(self) -> GuideSpec:
         raise ValueError("'nuts' samples the posterior directly and has no guide; call fit()")
 
-    def loss(self, max_plate_nesting: int | None = None) -> ELBO:
-        raise ValueError("'nuts' samples the posterior directly and has no loss; call fit()")
 
-    def fit(self, model_obj: Any, data: Any, **options: Any) -> FitResult:
-        from pyro_attention.infer.fit import nuts_fit
-
-        return nuts_fit(self, model_obj, data, **options)
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
 
 
-def _prepend(first: FitResult, result: FitResult) -> FitResult:
-    """``result`` with the run ``first`` (pre-training) counted in."""
-    result.losses = first.losses + result.losses
-    result.steps += first.steps
-    result.seconds += first.seconds
-    result.points_seen += first.points_seen
-    result.extra["step_points"] = first.extra["step_points"] + result.extra["step_points"]
-    result.extra["pretrain_steps"] = first.steps
-    return result
+def _positive_float(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}") from None
+    if not (number > 0 and number < float("inf")):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return number
 
 
 def _nesting(max_plate_nesting: int | None) -> int | float:

@@ -33,11 +33,18 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO
 from pyro.infer.util import torch_item
+from pyro.poutine.runtime import Message
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 from pyro_attention import handlers
-from pyro_attention.infer.traces import guide_and_model_traces, observed_sites
+from pyro_attention.traces import (
+    guide_and_model_traces,
+    observed_sites,
+    site_dist,
+    site_infer,
+    site_value,
+)
 
 BASELINES = ("soft-prior", "none")
 
@@ -69,12 +76,12 @@ def _kl(q: torch.distributions.Distribution, p: torch.distributions.Distribution
     return kl_divergence(q, p)
 
 
-def _site_cost(site: dict) -> torch.Tensor:
+def _site_cost(site: Message) -> torch.Tensor:
     """The site's log-probability with its scale and mask applied (Pyro's ``log_prob``)."""
     return site["log_prob"]
 
 
-def _weighted(site: dict, value: torch.Tensor) -> torch.Tensor:
+def _weighted(site: Message, value: torch.Tensor) -> torch.Tensor:
     """``value`` with ``site``'s mask and scale applied, as Pyro does to ``log_prob``."""
     mask = site["mask"]
     if mask is not None and mask is not True:
@@ -111,15 +118,15 @@ class ScoreFunctionKL_ELBO(ELBO):
         """Per-cell log-likelihood of each observed site under soft attention with the prior,
         the continuous latent sites at their sampled values."""
         fixed = {
-            name: site["value"]
+            name: site_value(site)
             for name, site in model_trace.iter_stochastic_nodes()
-            if not site_is_subsample(site) and not site["fn"].support.is_discrete
+            if not site_is_subsample(site) and not site_dist(site).support.is_discrete
         }
         with torch.no_grad():
             soft_model = poutine.condition(handlers.soft()(model), fixed)
             trace = poutine.block(poutine.trace(soft_model).get_trace)(*args, **kwargs)
             trace.compute_log_prob()
-        return {site["name"]: site["log_prob"].detach() for site in observed_sites(trace)}
+        return {str(site["name"]): site["log_prob"].detach() for site in observed_sites(trace)}
 
     def _particle(
         self, model: Callable, guide: Callable, args: tuple, kwargs: dict
@@ -127,7 +134,7 @@ class ScoreFunctionKL_ELBO(ELBO):
         """(ELBO estimate, surrogate whose gradient is the estimator) of one particle."""
         model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
         observed = observed_sites(model_trace)
-        elbo = sum(_site_cost(site).sum() for site in observed)
+        elbo: torch.Tensor = sum((_site_cost(site).sum() for site in observed), torch.zeros(()))
         surrogate = elbo
         baselines = (
             self._soft_prior_log_likelihood(model, model_trace, args, kwargs)
@@ -136,6 +143,11 @@ class ScoreFunctionKL_ELBO(ELBO):
         )
         for name, guide_site in guide_trace.iter_stochastic_nodes():
             if site_is_subsample(guide_site):
+                continue
+            if site_infer(guide_site).get("is_auxiliary"):
+                # an autoguide's unconstrained draw: part of log q(θ), absent from the model
+                term = -guide_site["log_prob"].sum()
+                elbo, surrogate = elbo + term, surrogate + term
                 continue
             model_site = model_trace.nodes[name]
             if guide_site["fn"].has_rsample:
@@ -147,8 +159,13 @@ class ScoreFunctionKL_ELBO(ELBO):
             elbo = elbo - kl.sum()
             surrogate = surrogate - kl.sum()
             shape = guide_site["fn"].batch_shape
-            reward = sum(sum_to_shape(_site_cost(site), shape) for site in observed)
-            baseline = sum(sum_to_shape(value, shape) for value in baselines.values())
+            reward = sum(
+                (sum_to_shape(_site_cost(site), shape) for site in observed), torch.zeros(())
+            )
+            baseline = sum(
+                (sum_to_shape(value, shape) for value in baselines.values()),
+                torch.zeros(()),
+            )
             # log q(z) as Pyro leaves it, unscaled and unmasked: the reward and the baseline
             # carry the scale once and are 0 at masked cells
             score = guide_site["score_parts"].score_function
@@ -164,18 +181,21 @@ class ScoreFunctionKL_ELBO(ELBO):
             )
         return -total / self.num_particles
 
-    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
+    def differentiable_loss(
+        self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         """A surrogate loss whose gradient is the estimator (its value is not the ELBO)."""
-        surrogate = 0.0
+        surrogate: torch.Tensor | float = 0.0
         for _ in range(self.num_particles):
             surrogate = surrogate + self._particle(model, guide, args, kwargs)[1]
-        return -surrogate / self.num_particles
+        return torch.as_tensor(-surrogate / self.num_particles)
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """The negative ELBO estimate; backpropagates the estimator into the parameters."""
-        elbo, surrogate = 0.0, 0.0
+        elbo: torch.Tensor | float = 0.0
+        surrogate: torch.Tensor | float = 0.0
         for _ in range(self.num_particles):
             value, sur = self._particle(model, guide, args, kwargs)
             elbo, surrogate = elbo + value, surrogate + sur
-        (-surrogate / self.num_particles).backward()
+        torch.as_tensor(-surrogate / self.num_particles).backward()
         return -torch_item(elbo) / self.num_particles

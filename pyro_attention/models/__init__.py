@@ -1,16 +1,32 @@
-"""Generative models, one per module, each with the guide for every inference method."""
+"""Generative models, one per module, each with the guide for every inference method.
 
-from pyro_attention.models.base import AlignmentModel, PointMixtureModel
+Your own model: subclass :class:`AlignmentModel` and write ``model(data)``, or wrap a plain Pyro
+model function with :class:`FunctionModel`; see :mod:`pyro_attention.models.base`.
+"""
+
+from pyro_attention.models.base import (
+    AlignmentModel,
+    ClosedFormResult,
+    FunctionModel,
+    PointMixtureModel,
+    as_model,
+)
 from pyro_attention.models.bernoulli_mixture import BernoulliMixture
 from pyro_attention.models.gmm import BayesianGMM
 from pyro_attention.models.gmm_conjugate import GMMPrior
 from pyro_attention.models.seq2seq import LatentAlignmentSeq2Seq
+from pyro_attention.models.structure import ModelStructure, inspect_model
 
 __all__ = [
     "AlignmentModel",
     "BayesianGMM",
     "BernoulliMixture",
+    "ClosedFormResult",
+    "FunctionModel",
     "GMMPrior",
     "LatentAlignmentSeq2Seq",
+    "ModelStructure",
     "PointMixtureModel",
+    "as_model",
+    "inspect_model",
 ]

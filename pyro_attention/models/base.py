@@ -1,44 +1,76 @@
-"""What every model of the library provides to the inference methods and the evaluation."""
+"""What a model provides to the inference methods and the evaluation: the model half of the
+contract.
+
+A model is a :class:`AlignmentModel` (a ``PyroModule``) that writes ``model(data)``; the rest has
+defaults:
+
+=============================  ================================================================
+``model(data, **kwargs)``      the Pyro model (required). Globals batch-safe: ``.to_event``,
+                               constants built from ``data``, discrete indexing through
+                               ``attend``/``Vindex``, so one call can be vectorized over draws.
+``check_data(data)``           refuse bad data before any work; returns it (default: as is)
+``num_points(data)``           units of the held-out score (default ``len(data)``)
+``initialize(data)``           data-dependent initial values of the globals
+``cavi(data, **options)``,     closed-form updates, returning a :class:`ClosedFormResult`; a
+``em(data, **options)``        model with more names overrides :meth:`closed_form_updates`
+``encoder``                    amortized ``q(z | x)`` logits for the local guides
+``global_guide``               guide family of the globals (``AutoNormal`` by default;
+                               ``AutoDelta``, ``AutoMultivariateNormal``,
+                               ``AutoLowRankMultivariateNormal`` or a factory ``model -> guide``)
+``create_plates``,             for data whose plate sizes change between calls, and for models
+``local_mask``                 that mask their alignment sites
+=============================  ================================================================
+
+A plain Pyro model function becomes a model with :class:`FunctionModel` (or :func:`as_model`).
+What methods a model gets is derived from one trace of it
+(:func:`~pyro_attention.models.structure.inspect_model`), never listed.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import pyro
 import torch
+from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.initialization import init_to_sample, init_to_value
 from pyro.nn import PyroModule
 
-from pyro_attention.guides import AutoAlignmentGuide
+from pyro_attention.guides import AutoAlignmentGuide, GuideSpec
 
-#: methods any model written with ``alignment`` sites gets from the autoguide
-GENERIC_METHODS = (
-    "enum",
-    "exact",
-    "vi-enum",
-    "vi-sample",
-    "reinforce",
-    "rws",
-    "gumbel",
-    "dirichlet",
-    "soft",
-    "hard",
-    "hard-enum",
-    "hard-sample",
-    "nuts",
-)
+
+@runtime_checkable
+class ClosedFormResult(Protocol):
+    """What a model's closed-form update (``cavi``, ``em``, ...) returns.
+
+    :ivar n_iter: iterations run; :ivar converged: whether the stopping rule was met.
+    """
+
+    n_iter: int
+    converged: bool
+
+    def objective_per_iteration(self) -> list[float]:
+        """The objective after each iteration, total nats over the data (ELBO for CAVI,
+        log-likelihood for EM), which the update maximises."""
+        ...
+
+    def sample_globals(
+        self, num_samples: int
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """``({site: (S, *site_shape)}, log density (S,) or None)``: draws of the model's global
+        latent sites in their constrained space (one draw and ``None`` for a point estimate)."""
+        ...
+
+
+#: a guide family for the globals: an autoguide class or a factory ``model -> guide``
+GlobalGuide = type[AutoGuide] | Callable[[Callable], Callable]
 
 
 class AlignmentModel(PyroModule):
     """Base class: a Pyro model with ``alignment`` sites and the guide for each method.
 
-    Subclasses write ``model(data, *, subsample_size=None)`` with a data plate named
-    :attr:`data_plate` and may override :attr:`supported_methods`, :meth:`initialize`,
-    :meth:`local_features` and :meth:`check_data`. They define ``create_plates(*args)`` when the
-    plate sizes change between calls (mini-batches of sequences) and ``local_mask(name, *args)``
-    when the model masks its alignment sites. Closed-form methods are methods named after them
-    (``cavi(data, ...)``, ``em(data, ...)``).
+    Subclasses write ``model(data, ...)`` (see the module's table for the optional parts).
     """
 
     #: short name used in outputs and the CLI
@@ -52,28 +84,27 @@ class AlignmentModel(PyroModule):
         super().__init__()
         self._init_values: dict[str, torch.Tensor] = {}
         self.encoder: Callable | None = None
+        self.global_guide: GlobalGuide | None = None
 
     # ----------------------------------------------------------------- methods
-    @property
-    def supported_methods(self) -> tuple[str, ...]:
-        """Method names that apply to this model."""
-        closed = tuple(n for n in ("cavi", "em") if callable(getattr(self, n, None)))
-        return GENERIC_METHODS + closed
+    def closed_form_updates(self) -> dict[str, Callable[..., ClosedFormResult]]:
+        """The model's closed-form updates by name: ``cavi`` and ``em`` where it defines them.
 
-    def unsupported_reason(self, method: str) -> str:
-        """Why ``method`` does not apply (used in the error message)."""
-        if method in ("cavi", "em"):
-            return f"{method} needs closed-form updates, which only conjugate models provide"
-        return "the model does not declare it"
+        Each is called as ``update(data, max_iter=..., tol=..., seed=..., progress=...)`` and
+        returns a :class:`ClosedFormResult`.
+        """
+        names = [name for name in ("cavi", "em") if callable(getattr(self, name, None))]
+        return {name: getattr(self, name) for name in names}
 
-    def guide(self, method: Any) -> AutoAlignmentGuide:
-        """The guide matching ``method`` (a method object or name)."""
+    def guide(self, spec: GuideSpec | str) -> AutoAlignmentGuide:
+        """The guide for ``spec`` (a :class:`~pyro_attention.guides.GuideSpec` or a kind)."""
         return AutoAlignmentGuide(
             self.model,
-            method=method,
+            spec,
+            global_guide=self.global_guide,
             init_loc_fn=self.init_loc_fn(),
             encoder=self.encoder,
-            local_features=self.local_features,
+            local_features=self._local_features_or_none(),
             local_mask=getattr(self, "local_mask", None),
             create_plates=getattr(self, "create_plates", None),
         )
@@ -102,6 +133,10 @@ class AlignmentModel(PyroModule):
         """Per-data-point features (inputs of neural baselines and encoders)."""
         raise NotImplementedError(f"{type(self).__name__} defines no local features")
 
+    def _local_features_or_none(self) -> Callable | None:
+        overridden = type(self).local_features is not AlignmentModel.local_features
+        return self.local_features if overridden else None
+
     # ----------------------------------------------------------------- outputs
     def arviz_dims(self) -> dict[str, list[str]]:
         """Names of the non-sample dims of each site, for the ArviZ bridge."""
@@ -127,3 +162,82 @@ class PointMixtureModel(AlignmentModel):
     def local_features(self, plates: dict, data: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """The points of the current subsample, ``(B, D)``."""
         return data.index_select(0, plates[self.data_plate].indices)
+
+
+class FunctionModel(AlignmentModel):
+    """A plain Pyro model function ``fn(data)`` as a model of the library.
+
+    Its plate nesting is read from one trace at the first call of :meth:`check_data`.
+
+    :param fn: the model function; its discrete choices are ``alignment`` sites.
+    :param name: the name in tables and file names (default the function's name).
+    :param max_plate_nesting: plates nested in the deepest site (default: read from a trace).
+    :param num_points: ``data -> int``, the units of the held-out score (default ``len``).
+    :param global_guide: guide family of the globals (see :class:`AlignmentModel`).
+
+    Example::
+
+        def poisson_mixture(counts):
+            weights = pyro.sample("weights", dist.Dirichlet(counts.new_ones(3)))
+            rates = pyro.sample("rates", dist.Gamma(counts.new_full((3,), 2.0), 0.5).to_event(1))
+            with pyro.plate("data", len(counts)):
+                z = alignment("z", weights.log())
+                pyro.sample("obs", dist.Poisson(attend(rates, z, event_dim=0)), obs=counts)
+
+        compare(FunctionModel(poisson_mixture), train, test)
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        max_plate_nesting: int | None = None,
+        num_points: Callable[[Any], int] | None = None,
+        global_guide: GlobalGuide | None = None,
+    ) -> None:
+        super().__init__()
+        if not callable(fn):
+            raise ValueError(f"FunctionModel needs a Pyro model function, got {fn!r}")
+        self.fn = fn
+        self.name = str(name or getattr(fn, "__name__", "model"))  # type: ignore[misc]
+        self._nesting = max_plate_nesting
+        self._num_points = num_points
+        self.global_guide = global_guide
+
+    @property
+    def max_plate_nesting(self) -> int:  # type: ignore[override]  # over a class attribute
+        if self._nesting is None:
+            raise ValueError(
+                f"the plate nesting of {self.name!r} is read from its first trace: call "
+                "check_data(data) first, or pass max_plate_nesting="
+            )
+        return self._nesting
+
+    def model(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def check_data(self, data: Any) -> Any:
+        if self._nesting is None:
+            from pyro_attention.models.structure import plate_nesting, trace_model
+
+            self._nesting = max(1, plate_nesting(trace_model(self, data)))
+        return data
+
+    def num_points(self, data: Any) -> int:
+        if self._num_points is not None:
+            return self._num_points(data)
+        return data.shape[0] if isinstance(data, torch.Tensor) else len(data)
+
+
+def as_model(model: AlignmentModel | Callable[..., Any]) -> AlignmentModel:
+    """``model`` itself if it is a library model, else the function wrapped by
+    :class:`FunctionModel`; anything else is refused."""
+    if isinstance(model, AlignmentModel):
+        return model
+    if callable(model) and not isinstance(model, torch.nn.Module):
+        return FunctionModel(model)
+    raise ValueError(
+        f"expected a model of pyro_attention.models (a subclass of AlignmentModel) or a Pyro "
+        f"model function, got {type(model).__name__}; wrap a function with FunctionModel(fn)"
+    )

@@ -47,6 +47,15 @@ class BernoulliEMResult:
     converged: bool
     responsibilities: torch.Tensor
 
+    def objective_per_iteration(self) -> list[float]:
+        """The log-likelihood after each M-step, total nats (a ``ClosedFormResult``)."""
+        n = self.responsibilities.shape[0]
+        return [value * n for value in self.log_likelihood_trace]
+
+    def sample_globals(self, num_samples: int) -> tuple[dict[str, torch.Tensor], None]:
+        """The point estimate as one draw (whatever ``num_samples``), no density."""
+        return self.as_samples(), None
+
     def as_samples(self) -> dict[str, torch.Tensor]:
         """The point estimate as one draw: ``weights`` ``(1, K)``, ``probs`` ``(1, K, D)``."""
         return {"weights": self.weights.unsqueeze(0), "probs": self.probs.unsqueeze(0)}
@@ -97,6 +106,8 @@ class BernoulliMixture(PointMixtureModel):
         )
         logits = weights.clamp(min=torch.finfo(weights.dtype).tiny).log()
         with pyro.plate(self.data_plate, data.shape[0], subsample_size=subsample_size, dim=-1) as i:
+            if i is None:  # a vectorized plate always yields its indices
+                raise RuntimeError(f"plate {self.data_plate!r} gave no subsample indices")
             z = alignment("assignment", logits)
             pixel_probs = attend(probs, z)
             pyro.sample(

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import pyro
@@ -125,6 +126,8 @@ class BayesianGMM(PointMixtureModel):
             spread = precision_to_scale_tril(precisions)
         logits = weights.clamp(min=torch.finfo(weights.dtype).tiny).log()
         with pyro.plate(self.data_plate, num_points, subsample_size=subsample_size, dim=-1) as idx:
+            if idx is None:  # a vectorized plate always yields its indices
+                raise RuntimeError(f"plate {self.data_plate!r} gave no subsample indices")
             points = data.index_select(0, idx)
             z = alignment("assignment", logits)
             loc = attend(locs, z)
@@ -158,6 +161,8 @@ class BayesianGMM(PointMixtureModel):
         }
 
     def _encode(self, name: str, plates: dict, data: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if self._encoder_module is None:
+            raise RuntimeError("the model was built without an encoder: pass encoder= to use one")
         encoder = pyro.module("gmm_encoder", self._encoder_module)
         return encoder(self.local_features(plates, data))
 
@@ -226,9 +231,11 @@ class BayesianGMM(PointMixtureModel):
 
 
 def matplotlib_ellipse(
-    center: list[float], width: float, height: float, angle: float, alpha: float
+    center: Sequence[float], width: float, height: float, angle: float, alpha: float
 ) -> Any:
-    """An unfilled ellipse patch."""
+    """An unfilled ellipse patch centred on ``center`` ``(x, y)``."""
     from matplotlib.patches import Ellipse
 
-    return Ellipse(center, width, height, angle=angle, fill=False, color="C3", alpha=alpha)
+    return Ellipse(
+        (center[0], center[1]), width, height, angle=angle, fill=False, color="C3", alpha=alpha
+    )

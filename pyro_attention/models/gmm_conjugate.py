@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Real
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -319,7 +319,7 @@ class GMMVariationalPosterior:
         )
         k, d = m.shape
         tiny = torch.finfo(m.dtype).tiny
-        opts = {"dtype": m.dtype, "device": m.device, "generator": generator}
+        opts: dict[str, Any] = {"dtype": m.dtype, "device": m.device, "generator": generator}
         weights = torch._sample_dirichlet(alpha.expand(s, k).contiguous(), generator=generator)
         weights = weights.clamp_min(tiny)
         weights = weights / weights.sum(-1, keepdim=True)
@@ -455,7 +455,7 @@ def _sufficient_stats(
     sx = resp.mT @ x  # (K, D)
     xbar = sx / denom[:, None]
     if full:
-        if outer is not None:
+        if outer is not None and triu is not None:  # both or neither (see _data_moments)
             packed = resp.mT @ outer  # (K, D(D+1)/2)
             second = packed.new_zeros(k, d, d)
             second[:, triu[0], triu[1]] = packed
@@ -724,7 +724,7 @@ def _check_prior(prior: object, data: torch.Tensor) -> GMMPrior:
 
 
 def _check_tol(tol: object, max_iter: object) -> tuple[float, int]:
-    if isinstance(tol, bool) or not isinstance(tol, Real) or not tol >= 0:
+    if isinstance(tol, bool) or not isinstance(tol, Real) or not float(tol) >= 0:
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
     return float(tol), check_positive_int(max_iter, "max_iter")
 
@@ -796,6 +796,15 @@ class CAVIResult:
     n_iter: int
     converged: bool
     responsibilities: torch.Tensor
+
+    def objective_per_iteration(self) -> list[float]:
+        """The ELBO after each iteration, total nats (a :class:`ClosedFormResult`)."""
+        return list(self.elbo_trace)
+
+    def sample_globals(self, num_samples: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Draws of the globals from the variational posterior, with their log density."""
+        samples = self.posterior.sample(num_samples)
+        return samples, self.posterior.log_prob(samples)
 
 
 def update_posterior(
@@ -1000,6 +1009,15 @@ class EMResult:
     n_iter: int
     converged: bool
     responsibilities: torch.Tensor
+
+    def objective_per_iteration(self) -> list[float]:
+        """The log-likelihood after each M-step, total nats (a :class:`ClosedFormResult`)."""
+        n = self.responsibilities.shape[0]
+        return [value * n for value in self.log_likelihood_trace]
+
+    def sample_globals(self, num_samples: int) -> tuple[dict[str, torch.Tensor], None]:
+        """The point estimate as one draw (whatever ``num_samples``), no density."""
+        return self.as_samples(), None
 
     def as_samples(self) -> dict[str, torch.Tensor]:
         """The point estimate as one draw: ``weights`` ``(1, K)``, ``locs`` ``(1, K, D)``,

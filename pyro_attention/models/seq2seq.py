@@ -143,16 +143,6 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
         if inference_network:
             self.encoder = InferenceNetwork(*sizes)
 
-    @property
-    def supported_methods(self) -> tuple[str, ...]:
-        """Every generic method but ``nuts``: there are no continuous latent globals."""
-        return tuple(m for m in super().supported_methods if m != "nuts")
-
-    def unsupported_reason(self, method: str) -> str:
-        if method == "nuts":
-            return "it has no continuous latent globals to sample (the weights are point estimates)"
-        return super().unsupported_reason(method)
-
     def create_plates(self, batch: Any, **kwargs: Any) -> list[pyro.plate]:
         """The plates of one batch (its shape changes from batch to batch)."""
         num_batch, num_target = batch.target.shape

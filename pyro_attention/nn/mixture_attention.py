@@ -35,14 +35,21 @@ from pyro_attention.alignment import alignment, attend, masked_logits
 KINDS = ("gaussian", "bernoulli")
 
 
+def _check_input(arg: str, x: object) -> torch.Tensor:
+    """``x`` if it is a floating tensor of shape ``(..., T, D)``, else a ValueError."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{arg} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{arg} must have a floating dtype, got {x.dtype}; use {arg}.float()")
+    if x.dim() < 2:
+        raise ValueError(f"{arg} must have shape (..., T, D), got {tuple(x.shape)}")
+    return x
+
+
 def _check_qkv(query: object, key: object, value: object) -> None:
-    for arg, x in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{arg} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise ValueError(f"{arg} must have a floating dtype, got {x.dtype}; use {arg}.float()")
-        if x.dim() < 2:
-            raise ValueError(f"{arg} must have shape (..., T, D), got {tuple(x.shape)}")
+    query = _check_input("query", query)
+    key = _check_input("key", key)
+    value = _check_input("value", value)
     if query.shape[-1] != key.shape[-1]:
         raise ValueError(
             f"query has {query.shape[-1]} features but key has {key.shape[-1]}; "
@@ -167,7 +174,7 @@ class MixtureAttention(nn.Module):
         log_prior: torch.Tensor | None,
         key_mask: torch.Tensor | None,
         observed: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, ...]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
         """Checked per-head tensors ``q (..., H, Tq, d)``, ``k``, ``v``, the additive bias
         ``(..., H, Tq|1, Tk)`` (unmasked), the mask ``(..., 1, 1, Tk)`` or None, and the scale."""
         _check_qkv(query, key, value)
@@ -246,8 +253,18 @@ class MixtureAttention(nn.Module):
             )
         return q, k, v, bias, key_mask, scale
 
-    def _head_logits(self, *args: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        q, k, v, bias, key_mask, scale = self._prepare(*args)
+    def _head_logits(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        log_prior: torch.Tensor | None,
+        key_mask: torch.Tensor | None,
+        observed: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        q, k, v, bias, key_mask, scale = self._prepare(
+            query, key, value, log_prior, key_mask, observed
+        )
         logits = masked_logits(scale * (q @ k.mT) + bias, key_mask)
         return logits, v, key_mask
 

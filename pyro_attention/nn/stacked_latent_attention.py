@@ -72,6 +72,8 @@ Example
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -100,7 +102,9 @@ class _AttentionLayer(nn.Module):
 
     def attention_parameters(self) -> list[nn.Parameter]:
         """The parameters that make the latent map and the weights: ``W_v, W_u, b, w``."""
-        return [*self.item_map.parameters(), *self.query_map.parameters(), self.score.weight]
+        # nn.Linear declares ``weight`` as a Tensor; it is the layer's Parameter
+        score_weight = cast(nn.Parameter, self.score.weight)
+        return [*self.item_map.parameters(), *self.query_map.parameters(), score_weight]
 
     def forward(
         self,
@@ -172,23 +176,28 @@ class _StackedAttentionBase(nn.Module):
                 f"layer={layer} is out of range for num_layers={self.num_layers}; "
                 f"use 0..{self.num_layers - 1} or a negative index"
             )
-        return self.layers[layer].attention_parameters()
+        return self._layer(layer).attention_parameters()
+
+    def _layer(self, index: int) -> _AttentionLayer:
+        """Layer ``index`` (``nn.ModuleList`` indexing is typed as a plain Module)."""
+        return cast(_AttentionLayer, self.layers[index])
+
+    @staticmethod
+    def _check_input(arg: str, x: object, ndim: int, shape: str) -> torch.Tensor:
+        """``x`` if it is a floating tensor with ``ndim`` dims, else a ValueError."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{arg} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"{arg} must have a floating dtype, got {x.dtype}; use {arg}.float()")
+        if x.dim() != ndim:
+            raise ValueError(f"{arg} must have shape {shape}, got {tuple(x.shape)}")
+        return x
 
     def _check(
         self, items: object, query: object, mask: object
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        for arg, x, ndim, shape in (
-            ("items", items, 3, f"(batch, num_items, {self.item_dim})"),
-            ("query", query, 2, f"(batch, {self.query_dim})"),
-        ):
-            if not isinstance(x, torch.Tensor):
-                raise ValueError(f"{arg} must be a torch.Tensor, got {type(x).__name__}")
-            if not x.is_floating_point():
-                raise ValueError(
-                    f"{arg} must have a floating dtype, got {x.dtype}; use {arg}.float()"
-                )
-            if x.dim() != ndim:
-                raise ValueError(f"{arg} must have shape {shape}, got {tuple(x.shape)}")
+        items = self._check_input("items", items, 3, f"(batch, num_items, {self.item_dim})")
+        query = self._check_input("query", query, 2, f"(batch, {self.query_dim})")
         B, N, D = items.shape
         if D != self.item_dim:
             raise ValueError(
@@ -212,7 +221,7 @@ class _StackedAttentionBase(nn.Module):
                 f"query ({query.dtype}, {query.device}) and items ({items.dtype}, {items.device}) "
                 "must share dtype and device; use query.to(items)"
             )
-        param = self.layers[0].query_map.weight
+        param = self._layer(0).query_map.weight
         if param.dtype != items.dtype or param.device != items.device:
             raise ValueError(
                 f"the module's parameters are {param.dtype} on {param.device} but items are "

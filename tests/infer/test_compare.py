@@ -55,12 +55,18 @@ def test_compare_writes_summary_trees_and_plots(device, tmp_path):
         assert row["steps"] > 0 and row["seconds"] > 0 and row["samples_per_second"] > 0
     assert rows["reinforce"]["grad_variance"] > 0
     assert rows["cavi"]["grad_variance"] is None and rows["cavi"]["psis_khat"] is not None
-    assert rows["em"]["elbo"] is None
+    assert rows["em"]["objective"] == "log-likelihood" and rows["em"]["point_estimate"]
+    assert rows["cavi"]["objective"] == "ELBO" and np.isfinite(rows["cavi"]["train_objective"])
+    assert rows["nuts"]["objective"] == "none" and rows["nuts"]["train_objective"] is None
+    assert {"max_rhat", "min_ess", "divergences"} <= set(rows["nuts"])
     for name in rows:
         tree = load_datatree(tmp_path / f"{name}.nc")
-        assert {"posterior", "log_likelihood", "observed_data"} <= set(tree.children)
         assert tree.attrs["method"] == name
-        if name != "em":  # a point estimate has no posterior to cross-validate
+        if name == "em":  # a point estimate has no posterior to cross-validate
+            assert {"posterior", "observed_data"} <= set(tree.children)
+            assert tree.attrs["point_estimate"] is True
+        else:
+            assert {"posterior", "log_likelihood", "observed_data"} <= set(tree.children)
             assert np.isfinite(arviz_stats.loo(tree).elpd)
     nuts_tree = load_datatree(tmp_path / "nuts.nc")
     assert nuts_tree.posterior.sizes["chain"] == 2 and "diverging" in nuts_tree.sample_stats

@@ -145,7 +145,7 @@ def test_baselines_reduce_variance(device):
             expected = (log_q.exp() * (log_joint - log_q)).sum(-1).detach()
             baseline = ValueBaseline(expected)
         method = Reinforce(baseline=baseline)
-        guide.method = method
+        guide.spec = method.guide_spec()
         names = [name]  # the score-function part: the guide's logits
         loss = method.loss(1)
         estimate(loss, model, guide, data, names, 50)  # warm up the running average

@@ -9,10 +9,10 @@ from pyro.infer import TraceEnum_ELBO, TraceMeanField_ELBO
 
 from pyro_attention.data import get_task, make_alignment_dataset
 from pyro_attention.distributions import StraightThroughCategorical
+from pyro_attention.experiments.alignment_metrics import enumerated_alignment_terms
+from pyro_attention.handlers import enumerate_alignments
 from pyro_attention.infer import get_method
-from pyro_attention.infer.alignment_metrics import enumerated_alignment_terms
 from pyro_attention.infer.local_rws import LocalReweightedWakeSleep
-from pyro_attention.infer.methods import enumerate_alignments
 from pyro_attention.models import BayesianGMM, LatentAlignmentSeq2Seq
 
 

@@ -29,8 +29,8 @@ from pyro.optim import ClippedAdam
 
 from pyro_attention.data import get_task, make_alignment_dataset
 from pyro_attention.distributions import StraightThroughCategorical
+from pyro_attention.handlers import enumerate_alignments
 from pyro_attention.infer import HardEnum, VIEnum, get_method
-from pyro_attention.infer.methods import enumerate_alignments
 from pyro_attention.infer.score_function_kl import ScoreFunctionKL_ELBO
 from pyro_attention.models.seq2seq import LatentAlignmentSeq2Seq
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO
 
+from pyro_attention.handlers import enumerate_alignments
 from pyro_attention.infer import fit
 from pyro_attention.infer.evaluate import pointwise_log_likelihood
-from pyro_attention.infer.methods import enumerate_alignments
 from pyro_attention.models import BernoulliMixture
 
 

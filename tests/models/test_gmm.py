@@ -10,9 +10,9 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_attention.data import load_gmm2d
+from pyro_attention.handlers import enumerate_alignments
 from pyro_attention.infer import NUTS, fit, get_method
 from pyro_attention.infer.evaluate import log_predictive_density, pointwise_log_likelihood
-from pyro_attention.infer.methods import enumerate_alignments
 from pyro_attention.models import BayesianGMM
 
 

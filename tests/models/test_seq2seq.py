@@ -10,9 +10,9 @@ from pyro.optim import ClippedAdam
 
 from pyro_attention.data import get_task, make_alignment_dataset
 from pyro_attention.guides import AutoAlignmentGuide
+from pyro_attention.handlers import enumerate_alignments
 from pyro_attention.infer import Baseline, Reinforce, get_method
 from pyro_attention.infer.evaluate import pointwise_log_likelihood
-from pyro_attention.infer.methods import enumerate_alignments
 from pyro_attention.models.seq2seq import LatentAlignmentSeq2Seq
 
 

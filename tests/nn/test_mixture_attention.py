@@ -12,7 +12,7 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_attention import handlers
 from pyro_attention.alignment import is_alignment_site
-from pyro_attention.infer.methods import enumerate_alignments
+from pyro_attention.handlers import enumerate_alignments
 from pyro_attention.nn import MixtureAttention, dot_product_attention
 
 TOL = {"rtol": 0.0, "atol": 1e-10}

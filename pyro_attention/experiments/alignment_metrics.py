@@ -27,11 +27,13 @@ from typing import Any
 
 import torch
 from pyro import poutine
+from pyro.poutine.runtime import Message
 from pyro.poutine.util import site_is_subsample
 
 from pyro_attention.alignment import is_alignment_site
-from pyro_attention.infer.methods import InferenceMethod, enumerate_alignments
-from pyro_attention.infer.traces import observed_sites
+from pyro_attention.handlers import enumerate_alignments
+from pyro_attention.infer.methods import InferenceMethod
+from pyro_attention.traces import observed_sites, site_dist, site_infer, site_value
 
 
 @dataclass
@@ -92,7 +94,7 @@ class AlignmentScores:
         }
 
 
-def _alignment_site(trace: poutine.Trace) -> dict:
+def _alignment_site(trace: poutine.Trace) -> Message:
     sites = [s for _, s in trace.iter_stochastic_nodes() if is_alignment_site(s)]
     others = [
         name
@@ -107,10 +109,10 @@ def _alignment_site(trace: poutine.Trace) -> dict:
     return sites[0]
 
 
-def _mask(site: dict, shape: torch.Size, device: torch.device) -> torch.Tensor:
+def _mask(site: Message, shape: torch.Size, device: torch.device) -> torch.Tensor:
     mask = site["mask"]
-    if mask is None or mask is True:
-        return torch.ones(shape, dtype=torch.bool, device=device)
+    if not isinstance(mask, torch.Tensor):  # None or True: every cell; False: none
+        return torch.full(shape, mask is not False, dtype=torch.bool, device=device)
     return mask.expand(shape).bool()
 
 
@@ -128,13 +130,13 @@ def enumerated_alignment_terms(
     with torch.no_grad():
         trace = poutine.trace(enumerated).get_trace(data)
     site = _alignment_site(trace)
-    prior = torch.log_softmax(site["fn"].logits, -1)
+    prior = torch.log_softmax(site_dist(site).logits, -1)
     batch_shape = prior.shape[:-1]
-    dim = site["infer"]["_enumerate_dim"]
-    emission = 0.0
+    dim = site_infer(site)["_enumerate_dim"]
+    emission = prior.new_zeros(())
     for obs in observed_sites(trace):
         with torch.no_grad():
-            log_p = obs["fn"].log_prob(obs["value"])
+            log_p = site_dist(obs).log_prob(site_value(obs))
         emission = emission + log_p.movedim(dim, -1).reshape(*batch_shape, -1)
     return {"prior": prior, "emission": emission, "mask": _mask(site, batch_shape, prior.device)}
 
@@ -143,10 +145,12 @@ def _soft_log_lik(model: Callable, data: Any) -> torch.Tensor:
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(data)
         trace.compute_log_prob()
-    return sum(s["log_prob"].sum() for s in observed_sites(trace))
+    return sum((s["log_prob"].sum() for s in observed_sites(trace)), torch.zeros(()))
 
 
-def _guide_logits(method: InferenceMethod, guide: Callable | None, data: Any, prior: torch.Tensor):
+def _guide_logits(
+    method: InferenceMethod, guide: Callable | None, data: Any, prior: torch.Tensor
+) -> torch.Tensor | None:
     """Logits of the method's categorical q(z), or None when it has none."""
     kind = method.alignment_guide
     if kind == "prior":
@@ -156,7 +160,7 @@ def _guide_logits(method: InferenceMethod, guide: Callable | None, data: Any, pr
     with torch.no_grad():
         trace = poutine.trace(guide).get_trace(data)
     site = next(s for _, s in trace.iter_stochastic_nodes() if not site_is_subsample(s))
-    return torch.log_softmax(site["fn"].logits, -1)
+    return torch.log_softmax(site_dist(site).logits, -1)
 
 
 def score_alignments(

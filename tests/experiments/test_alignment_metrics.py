@@ -15,13 +15,13 @@ from pyro import poutine
 
 from pyro_attention.alignment import alignment, attend
 from pyro_attention.data import get_task, make_alignment_dataset
-from pyro_attention.handlers import soft
-from pyro_attention.infer import get_method
-from pyro_attention.infer.alignment_metrics import (
+from pyro_attention.experiments.alignment_metrics import (
     AlignmentScores,
     enumerated_alignment_terms,
     score_alignments,
 )
+from pyro_attention.handlers import soft
+from pyro_attention.infer import get_method
 from pyro_attention.models import LatentAlignmentSeq2Seq
 
 

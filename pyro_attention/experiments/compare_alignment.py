@@ -2,7 +2,7 @@
 
 Each method trains a fresh model from the same seed on the same mini-batches for the same number
 of steps; every fit is then scored the same way on the test split by
-:func:`~pyro_attention.infer.alignment_metrics.score_alignments` (exact perplexity under the
+:func:`~pyro_attention.experiments.alignment_metrics.score_alignments` (exact perplexity under the
 prior, top-K perplexity, ELBO under q, prior entropy, alignment accuracy) and by its training
 throughput (target tokens per second). With ``out`` set, :func:`compare_alignment` writes
 ``summary.json``, ``objective_traces.png`` and one ``alignments_<method>.png`` of prior and
@@ -23,11 +23,14 @@ from tqdm import tqdm
 
 from pyro_attention._io import write_json
 from pyro_attention._validation import check_positive_int
-from pyro_attention.infer.alignment_metrics import score_alignments
-from pyro_attention.infer.compare import Comparison, format_table
-from pyro_attention.infer.fit import NonFiniteLossError
-from pyro_attention.infer.methods import InferenceMethod, enumerate_alignments
+from pyro_attention.experiments.alignment_metrics import score_alignments
+from pyro_attention.handlers import enumerate_alignments
+from pyro_attention.infer.compare import Comparison, error_row, format_table
+from pyro_attention.infer.fit import fit
+from pyro_attention.infer.methods import InferenceMethod
 from pyro_attention.infer.registry import get_method
+from pyro_attention.infer.results import NonFiniteLossError, own_param_store
+from pyro_attention.models.structure import inspect_model
 
 #: the nine objectives of Deng et al. (2018), in the order of their Table 1
 PAPER_METHODS = (
@@ -114,9 +117,10 @@ def compare_alignment(
     device = torch.device(device)
     pyro.set_rng_seed(seed)
     probe = make_model()
-    for method in objects:  # refuse bad pairs before any work starts
-        method.check(probe)
     train = dataset.tensors("train", device=device)
+    structure = inspect_model(probe.to(device), probe.check_data(train))
+    for method in objects:  # refuse bad pairs before any work starts
+        method.check(structure)
     comparison = AlignmentComparison(probe.name, dataset.task, str(device), seed, rows=[])
 
     def batches(epoch: int):
@@ -125,35 +129,41 @@ def compare_alignment(
     _warm_up(probe.to(device), next(iter(batches(0))))
     out = None if out is None else Path(out)
     for method in tqdm(objects, desc="methods", disable=not progress):
-        pyro.clear_param_store()
         pyro.set_rng_seed(seed)
         model = make_model().to(device)
         t0 = time.perf_counter()
         try:
-            fitted = method.fit(
-                model,
-                train,
-                num_steps=num_steps,
-                lr=lr,
-                batches=batches,
-                seed=seed,
-                progress=progress,
-            )
-        except NonFiniteLossError as err:
-            fitted = err.result
-        model.eval()
-        pyro.set_rng_seed(seed)
-        scores = score_alignments(
-            model,
-            method,
-            dataset.batches("test", batch_size, device=device),
-            guide=fitted.guide,
-            k=k,
-            keep_examples=num_heatmaps,
-        )
+            try:
+                fitted = fit(
+                    model,
+                    train,
+                    method,
+                    num_steps=num_steps,
+                    lr=lr,
+                    batches=batches,
+                    seed=seed,
+                    progress=progress,
+                )
+            except NonFiniteLossError as err:
+                fitted = err.result
+            model.eval()
+            pyro.set_rng_seed(seed)
+            with fitted.scope():
+                scores = score_alignments(
+                    model,
+                    method,
+                    dataset.batches("test", batch_size, device=device),
+                    guide=fitted.guide,
+                    k=k,
+                    keep_examples=num_heatmaps,
+                )
+        except Exception as err:  # one failing method must not lose the others' rows
+            comparison.rows.append(error_row(method, err, time.perf_counter() - t0))
+            continue
         row = {
             "method": method.name,
             **scores.as_row(),
+            "objective": method.objective,
             "tokens_per_second": fitted.samples_per_second,
             "seconds": fitted.seconds,
             "steps": fitted.steps,
@@ -188,11 +198,11 @@ def compare_alignment(
 def _warm_up(model: Any, batch: Any) -> None:
     """One untimed forward and backward pass, so that one-time start-up costs (kernels,
     allocator) are not charged to the first method's throughput."""
-    loss = TraceEnum_ELBO(max_plate_nesting=model.max_plate_nesting).differentiable_loss(
-        enumerate_alignments(model.model), lambda *args, **kwargs: None, batch
-    )
-    loss.backward()
-    pyro.clear_param_store()
+    with own_param_store():
+        loss = TraceEnum_ELBO(max_plate_nesting=model.max_plate_nesting).differentiable_loss(
+            enumerate_alignments(model.model), lambda *args, **kwargs: None, batch
+        )
+        loss.backward()
 
 
 def _write_heatmaps(dataset: Any, name: str, examples: list[dict], out: Path) -> Path:

@@ -1,0 +1,106 @@
+"""What a model has, read from one trace of it: the half of the model/method contract that
+models state.
+
+:func:`inspect_model` runs the model once on its data (globals drawn from their priors) and
+sorts its latent sites; a method's requirements (:mod:`pyro_attention.infer.methods`) are
+checked against the :class:`ModelStructure` it returns, so which methods apply to a model is
+derived, never listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+from pyro_attention.alignment import is_alignment_site
+from pyro_attention.traces import site_dist, site_infer
+
+if TYPE_CHECKING:
+    from pyro_attention.models.base import AlignmentModel
+
+
+@dataclass(frozen=True)
+class ModelStructure:
+    """The sites and capabilities of one model, as a method sees them.
+
+    :ivar model: the model's name.
+    :ivar alignment_sites: discrete choices written with
+        :func:`~pyro_attention.alignment.alignment` (summed, sampled or relaxed by the methods).
+    :ivar discrete_sites: other discrete latent sites (enumerated by the evaluator only).
+    :ivar global_sites: continuous latent sites outside every vectorized plate.
+    :ivar local_sites: continuous latent sites inside a plate (one per data point or sequence).
+    :ivar network_parameters: ``pyro.param`` / ``pyro.module`` parameters of the model itself
+        (point-estimated by the gradient methods).
+    :ivar closed_form_updates: names of the model's closed-form updates (``"cavi"``, ``"em"``).
+    :ivar has_encoder: the model amortizes its local guides (mini-batches from ``batches=``).
+    :ivar max_plate_nesting: plates nested in the deepest site.
+    """
+
+    model: str
+    alignment_sites: tuple[str, ...]
+    discrete_sites: tuple[str, ...]
+    global_sites: tuple[str, ...]
+    local_sites: tuple[str, ...]
+    network_parameters: tuple[str, ...]
+    closed_form_updates: frozenset[str]
+    has_encoder: bool
+    max_plate_nesting: int
+
+
+def trace_model(model_obj: AlignmentModel, data: Any) -> poutine.Trace:
+    """One run of ``model_obj.model(data)`` (globals from their priors), hidden from outer
+    handlers."""
+    with torch.no_grad():
+        trace = poutine.block(poutine.trace(model_obj.model).get_trace)(data)
+    return trace
+
+
+def plate_nesting(trace: poutine.Trace) -> int:
+    """The number of vectorized plates around the deepest site of ``trace``."""
+    return max(
+        (
+            -frame.dim
+            for site in trace.nodes.values()
+            if site["type"] == "sample"
+            for frame in site["cond_indep_stack"]
+            if frame.vectorized and frame.dim is not None
+        ),
+        default=0,
+    )
+
+
+def inspect_model(model_obj: AlignmentModel, data: Any) -> ModelStructure:
+    """Trace ``model_obj`` once on ``data`` and sort its sites (see :class:`ModelStructure`)."""
+    trace = trace_model(model_obj, data)
+    alignments, discrete, globals_, locals_, params = [], [], [], [], []
+    for name, site in trace.nodes.items():
+        if site["type"] == "param":
+            params.append(name)
+            continue
+        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+            continue
+        if site_infer(site).get("_deterministic"):
+            continue
+        if is_alignment_site(site):
+            alignments.append(name)
+        elif site_dist(site).support.is_discrete:
+            discrete.append(name)
+        elif any(frame.vectorized for frame in site["cond_indep_stack"]):
+            locals_.append(name)
+        else:
+            globals_.append(name)
+    return ModelStructure(
+        model=model_obj.name,
+        alignment_sites=tuple(alignments),
+        discrete_sites=tuple(discrete),
+        global_sites=tuple(globals_),
+        local_sites=tuple(locals_),
+        network_parameters=tuple(params),
+        closed_form_updates=frozenset(model_obj.closed_form_updates()),
+        has_encoder=model_obj.encoder is not None,
+        max_plate_nesting=plate_nesting(trace),
+    )

@@ -1,0 +1,398 @@
+"""The contract between models and methods: derived applicability, registered methods, user
+models, one param store per fit, failing methods that leave the others' rows."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import arviz_stats
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoDelta, AutoMultivariateNormal
+from zoo import (
+    KeyValueAttention,
+    ScaleMixture,
+    kv_data,
+    linear_regression,
+    poisson_data,
+    poisson_mixture,
+    regression_data,
+    scale_data,
+)
+
+from pyro_attention import alignment, attend
+from pyro_attention.cli import main
+from pyro_attention.data import load_gmm2d
+from pyro_attention.diagnostics import load_datatree
+from pyro_attention.infer import (
+    EM,
+    InferenceMethod,
+    VISample,
+    compare,
+    fit,
+    get_method,
+    method_names,
+    register_method,
+)
+from pyro_attention.infer.evaluate import check_model, pointwise_log_likelihood
+from pyro_attention.infer.fit import mcmc_diagnostics
+from pyro_attention.infer.registry import applicable_methods, unregister_method
+from pyro_attention.infer.score_function_kl import ScoreFunctionKL_ELBO
+from pyro_attention.models import BayesianGMM, FunctionModel, as_model
+from pyro_attention.models.structure import inspect_model
+
+WARMUP = Path(__file__).with_name("warmup_method.py")
+
+
+def load_warmup_module():
+    spec = importlib.util.spec_from_file_location("warmup_method", WARMUP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------------------- structure
+def test_structure_sorts_the_sites():
+    gmm = BayesianGMM(3, 2)
+    s = inspect_model(gmm, load_gmm2d().train)
+    assert s.alignment_sites == ("assignment",)
+    assert set(s.global_sites) == {"weights", "locs", "precisions"}
+    assert s.local_sites == () and s.network_parameters == ()
+    assert s.closed_form_updates == {"cavi", "em"}
+    kv = inspect_model(KeyValueAttention(), kv_data(20))
+    assert kv.global_sites == ("scale",) and kv.network_parameters
+    sm = inspect_model(ScaleMixture(), scale_data(20))
+    assert sm.local_sites == ("precision",) and sm.global_sites == ("locs",)
+
+
+def test_applicable_methods_are_derived_not_listed():
+    gmm = inspect_model(BayesianGMM(2, 2), load_gmm2d().train)
+    assert {"enum", "vi-sample", "hard-sample", "nuts", "cavi", "em"} <= set(
+        applicable_methods(gmm)
+    )
+    assert "svi" not in applicable_methods(gmm)
+    kv = inspect_model(KeyValueAttention(), kv_data(20))
+    assert "nuts" not in applicable_methods(kv) and "cavi" not in applicable_methods(kv)
+    reg = inspect_model(as_model(linear_regression), regression_data(20))
+    assert set(applicable_methods(reg)) == {"svi", "nuts"}
+
+
+def test_refusals_name_the_missing_capability_and_the_fix():
+    data = kv_data(30)
+    with pytest.raises(ValueError, match=r"network parameters.*gradient method"):
+        fit(KeyValueAttention(), data, "nuts")
+    with pytest.raises(ValueError, match=r"closed-form 'cavi' update.*define cavi"):
+        fit(KeyValueAttention(), data, "cavi")
+    with pytest.raises(ValueError, match=r"alignment sites.*pyro_attention.alignment"):
+        fit(linear_regression, regression_data(30), "enum")
+    with pytest.raises(ValueError, match="no discrete latent sites"):
+        fit(KeyValueAttention(), data, "svi")
+    with pytest.raises(ValueError, match="takes no option num_stpes"):
+        fit(BayesianGMM(2, 2), load_gmm2d().train, "cavi", num_stpes=10)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"num_steps": 0}, "num_steps must be an integer >= 1"),
+        ({"num_steps": -1}, "num_steps must be an integer >= 1"),
+        ({"lr": 0.0}, "lr must be a finite number > 0"),
+        ({"lr": float("inf")}, "lr must be a finite number > 0"),
+        ({"subsample_size": 0}, "subsample_size must be an integer >= 1"),
+        ({"subsample_size": 10**6}, "larger than the"),
+    ],
+)
+def test_bad_svi_options_are_refused_before_work(options, match):
+    with pytest.raises(ValueError, match=match):
+        fit(BayesianGMM(2, 2), load_gmm2d().train, "enum", progress=False, **options)
+
+
+@pytest.mark.parametrize(
+    "name, options, match",
+    [
+        ("gumbel", {"temperature": float("inf")}, "temperature must be a finite number > 0"),
+        ("gumbel", {"temperature": 0.0}, "temperature must be a finite number > 0"),
+        ("rws", {"num_particles": 0}, "num_particles must be an integer >= 1"),
+        ("nuts", {"num_samples": 0}, "num_samples must be an integer >= 1"),
+        ("nuts", {"num_chains": 0}, "num_chains must be an integer >= 1"),
+        ("cavi", {"max_iter": 0}, "max_iter must be an integer >= 1"),
+        ("reinforce", {"num_particles": -3}, "num_particles must be an integer >= 1"),
+        ("enum", {"bogus": 1}, "bad options for method 'enum'"),
+    ],
+)
+def test_bad_method_options_are_refused(name, options, match):
+    with pytest.raises(ValueError, match=match):
+        get_method(name, **options)
+
+
+# ----------------------------------------------------------------------------- the fixes
+def test_score_function_kl_elbo_counts_the_autoguide_log_density():
+    """With continuous globals the paper's ELBO equals Trace_ELBO's estimate on the same draws
+    when q(z) is a point mass (then KL(q || p) = -log p(z*) exactly): the autoguide's
+    unconstrained sites are part of log q(θ) and must be counted, not looked up in the model."""
+    data = load_gmm2d().train[:200].double()
+    gmm = BayesianGMM(3, 2)
+    guide = VISample(baseline="none").guide(gmm)
+    guide(data)
+    with torch.no_grad():  # q(z_n) puts all its mass on one component per point
+        logits = guide.local.assignment_unconstrained
+        peaked = torch.full_like(logits, -1e4)
+        peaked.scatter_(-1, torch.randint(0, 3, (logits.shape[0], 1)), 0.0)
+        logits.copy_(peaked)
+    pyro.set_rng_seed(3)
+    ours = ScoreFunctionKL_ELBO(baseline="none", max_plate_nesting=1).loss(gmm.model, guide, data)
+    pyro.set_rng_seed(3)
+    reference = Trace_ELBO(max_plate_nesting=1).loss(gmm.model, guide, data)
+    assert ours == pytest.approx(reference, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["vi-sample", "hard-sample"])
+def test_paper_estimators_run_on_models_with_globals(name):
+    result = fit(BayesianGMM(3, 2), load_gmm2d().train, name, num_steps=5, progress=False)
+    assert len(result.losses) == 5 and np.isfinite(result.losses).all()
+
+
+def test_fits_have_their_own_param_store_and_leave_the_users_alone():
+    data = load_gmm2d().train
+    pyro.param("users_own", torch.ones(2))
+    first = fit(BayesianGMM(2, 2), data, "vi-enum", num_steps=5, seed=1, progress=False)
+    fit(BayesianGMM(3, 2), data, "vi-enum", num_steps=5, seed=1, progress=False)  # K=3 after K=2
+    again = fit(BayesianGMM(2, 2), data, "vi-enum", num_steps=5, seed=1, progress=False)
+    assert first.losses == again.losses
+    assert list(pyro.get_param_store().keys()) == ["users_own"]
+    with first.scope():
+        assert any(name.startswith("AutoAlignmentGuide") for name in pyro.get_param_store())
+    draws = first.draws(4)
+    assert draws.samples["locs"].shape == (4, 2, 2)
+
+
+def test_global_guide_family_is_the_models_choice():
+    data = load_gmm2d().train
+    gmm = BayesianGMM(2, 2)
+    gmm.global_guide = AutoDelta
+    result = fit(gmm, data, "enum", num_steps=3, progress=False)
+    assert isinstance(result.guide.global_guide, AutoDelta)
+    draws = result.draws(10)
+    assert draws.point_estimate and draws.samples["weights"].shape == (1, 2)
+    model = FunctionModel(poisson_mixture, global_guide=AutoMultivariateNormal)
+    result = fit(model, poisson_data(50), "enum", num_steps=3, progress=False)
+    assert isinstance(result.guide.global_guide, AutoMultivariateNormal)
+    assert result.draws(6).log_density.shape == (6,)
+
+
+def test_mcmc_diagnostics_against_arviz():
+    gen = torch.Generator().manual_seed(0)
+    mixed = torch.randn(2, 300, 3, generator=gen, dtype=torch.float64)
+    stuck = mixed.clone()
+    stuck[1] += 3.0  # the second chain sits elsewhere
+    for chains in (mixed, stuck):
+        ours = mcmc_diagnostics({"x": chains}, torch.zeros(2, 300, dtype=torch.bool))
+        reference = arviz_stats.rhat(chains.numpy(), method="split")
+        assert ours["max_rhat"] == pytest.approx(float(np.max(reference)), rel=1e-2)
+    assert mcmc_diagnostics({"x": stuck}, torch.zeros(2, 300, dtype=torch.bool))["max_rhat"] > 2
+    bad = torch.zeros(2, 300, dtype=torch.bool)
+    bad[0, :4] = True
+    assert mcmc_diagnostics({"x": mixed}, bad)["divergences"] == 4
+
+
+# ----------------------------------------------------------------------------- compare
+class Exploding(InferenceMethod):
+    """A method whose every step raises, to test that compare() keeps the other rows."""
+
+    name = "exploding"
+
+    def loss(self, max_plate_nesting=None):
+        class Boom(TraceMeanField_ELBO):
+            def loss_and_grads(self, *args, **kwargs):
+                raise RuntimeError("the estimator blew up")
+
+        return Boom()
+
+
+def test_a_failing_method_keeps_every_other_row_and_file(tmp_path):
+    data = load_gmm2d()
+    result = compare(
+        BayesianGMM(2, 2),
+        data.train,
+        data.test,
+        ["enum", Exploding(), "em"],
+        num_steps=5,
+        num_samples=5,
+        grad_draws=2,
+        out=tmp_path,
+        progress=False,
+    )
+    assert result.failed == ["exploding"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = {row["method"]: row for row in summary["results"]}
+    assert rows["exploding"]["status"] == "error: RuntimeError: the estimator blew up"
+    assert np.isfinite(rows["enum"]["heldout_log_lik"])
+    assert np.isfinite(rows["em"]["heldout_log_lik"])
+    assert (tmp_path / "enum.nc").exists() and (tmp_path / "em.nc").exists()
+    assert not (tmp_path / "exploding.nc").exists()
+
+
+def test_rows_say_what_each_objective_is():
+    data = load_gmm2d()
+    result = compare(
+        BayesianGMM(2, 2),
+        data.train,
+        data.test,
+        ["enum", "hard-enum", "dirichlet", "rws", "em"],
+        num_steps=3,
+        num_samples=5,
+        grad_draws=2,
+        progress=False,
+    )
+    kinds = {row["method"]: row["objective"] for row in result.rows}
+    assert kinds == {
+        "enum": "ELBO",
+        "hard-enum": "Jensen bound",
+        "dirichlet": "relaxed-model ELBO",
+        "rws": "importance-weighted bound",
+        "em": "log-likelihood",
+    }
+    assert "objective" in str(result).splitlines()[0]
+
+
+def test_point_estimates_are_written_so_that_arviz_does_not_crash(tmp_path):
+    data = load_gmm2d()
+    compare(
+        BayesianGMM(2, 2), data.train, data.test, [EM()], num_samples=5, out=tmp_path,
+        progress=False,
+    )
+    tree = load_datatree(tmp_path / "em.nc")
+    assert tree.attrs["point_estimate"] is True and "log_likelihood" not in tree.children
+    arviz_stats.summary(tree)
+    with pytest.raises(TypeError, match="log likelihood not found"):
+        arviz_stats.loo(tree)
+
+
+def test_compare_refuses_bad_output_and_duplicates_before_work(tmp_path):
+    data = load_gmm2d()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        compare(BayesianGMM(2, 2), data.train, data.test, ["em"], out=blocker, progress=False)
+    with pytest.raises(ValueError, match="named twice"):
+        compare(BayesianGMM(2, 2), data.train, data.test, ["em", "em"], progress=False)
+    with pytest.raises(ValueError, match="methods is empty"):
+        compare(BayesianGMM(2, 2), data.train, data.test, [], progress=False)
+
+
+# ----------------------------------------------------------------------------- user models
+def test_a_plain_pyro_function_gets_every_applicable_method():
+    train, test = poisson_data(120), poisson_data(60, seed=1)
+    result = compare(
+        poisson_mixture, train, test, num_steps=3, num_samples=4, grad_draws=2, progress=False
+    )
+    names = {row["method"] for row in result.rows}
+    assert {"enum", "vi-enum", "reinforce", "rws", "gumbel", "nuts"} <= names
+    assert not {"cavi", "em", "svi"} & names
+    assert not result.failed
+    for row in result.rows:
+        assert np.isfinite(row["heldout_log_lik"])
+
+
+def test_the_model_check_refuses_globals_that_are_not_batch_safe():
+    def unsafe(counts):
+        # a global with a batch shape and no .to_event: it collides with the draw dimension
+        rates = pyro.sample("rates", dist.Gamma(counts.new_full((3,), 2.0), 0.5))
+        with pyro.plate("data", counts.shape[0], dim=-1):
+            z = alignment("z", counts.new_zeros(3))
+            pyro.sample("obs", dist.Poisson(attend(rates, z, event_dim=0)), obs=counts)
+
+    with pytest.raises(ValueError, match=r"(?s)cannot score this model.*\.to_event"):
+        check_model(FunctionModel(unsafe), poisson_data(40))
+    check_model(FunctionModel(poisson_mixture), poisson_data(40))
+
+
+def test_as_model_refuses_what_is_not_a_model():
+    with pytest.raises(ValueError, match="Pyro model function"):
+        as_model(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="Pyro model function"):
+        compare(42, poisson_data(10), poisson_data(10))
+
+
+def test_continuous_local_latents_are_integrated_by_importance_sampling():
+    """The evaluator's estimate for a Gaussian scale mixture against the exact marginal: with
+    u ~ Gamma(2, 2) and x | u ~ N(μ, 1/√u), x - μ is Student-t with 4 d.o.f., scale 1."""
+    x = scale_data(40).double()
+    locs = torch.tensor([[-2.0, 2.0]], dtype=torch.float64)
+    pyro.set_rng_seed(0)
+    ll = pointwise_log_likelihood(
+        ScaleMixture().model, {"locs": locs}, x, max_plate_nesting=1, local_draws=4000
+    )
+    student = dist.StudentT(torch.tensor(4.0, dtype=torch.float64), locs[0].unsqueeze(-1), 1.0)
+    exact = (student.log_prob(x).logsumexp(0) - np.log(2.0)).unsqueeze(0)
+    assert ll.shape == (1, 40)
+    assert torch.allclose(ll, exact, atol=0.02)
+
+
+# ----------------------------------------------------------------------------- registry
+def test_a_method_registered_outside_the_package_runs_by_name():
+    module = load_warmup_module()
+    assert "vi-enum-warmup" in method_names()
+    data = load_gmm2d()
+    result = compare(
+        BayesianGMM(2, 2),
+        data.train,
+        data.test,
+        ["vi-enum", "vi-enum-warmup"],
+        num_steps=6,
+        num_samples=5,
+        grad_draws=2,
+        progress=False,
+    )
+    assert not result.failed and len(result.rows) == 2
+    # the warm-up weights the global KL by beta < 1 at first, then exactly 1
+    loss = module.VIEnumWarmup(warmup_steps=2).loss(1)
+    assert loss.beta() == 0.5
+    loss.step = 5
+    assert loss.beta() == 1.0
+    # and it runs on a user's own model too
+    fit(poisson_mixture, poisson_data(60), "vi-enum-warmup", num_steps=3, progress=False)
+
+
+def test_the_cli_runs_a_method_registered_in_an_imported_file(tmp_path, capsys):
+    code = main(
+        [
+            "compare",
+            "gmm",
+            "--import",
+            str(WARMUP),
+            "--methods",
+            "vi-enum-warmup,em",
+            "--steps",
+            "5",
+            "--num-samples",
+            "5",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "summary.json").read_text())["results"]
+    assert [row["method"] for row in rows] == ["vi-enum-warmup", "em"]
+
+
+def test_register_method_refuses_bad_registrations():
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("enum", InferenceMethod)
+    with pytest.raises(ValueError, match="not an InferenceMethod"):
+        register_method("not-a-method", lambda: object())
+
+    class Odd(InferenceMethod):
+        name = "odd"
+        runner = "quantum"
+
+    with pytest.raises(ValueError, match="runner='quantum'"):
+        register_method("odd", Odd)
+    register_method("odd-but-fine", InferenceMethod)
+    unregister_method("odd-but-fine")
+    assert "odd-but-fine" not in method_names()
