@@ -34,7 +34,7 @@ from pyro_attention.infer.evaluate import (
     log_predictive_density,
     pointwise_log_likelihood,
 )
-from pyro_attention.infer.fit import fit, runner_options
+from pyro_attention.infer.fit import check_svi_options, fit, runner_options
 from pyro_attention.infer.methods import InferenceMethod
 from pyro_attention.infer.registry import applicable_methods, get_method
 from pyro_attention.infer.results import FitResult, NonFiniteLossError, PosteriorDraws
@@ -243,7 +243,11 @@ def compare(
                 f"test is {test.dtype} on {test.device} but train is {train.dtype} on "
                 f"{train.device}; use test.to(train) so both match"
             )
-    for name, value, low in (("num_samples", num_samples, 1), ("grad_draws", grad_draws, 2)):
+    for name, value, low in (
+        ("num_samples", num_samples, 1),
+        ("grad_draws", grad_draws, 2),
+        ("local_draws", local_draws, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     structure = check_model(model_obj, train)
@@ -255,8 +259,17 @@ def compare(
     duplicates = sorted({n for n in seen if seen.count(n) > 1})
     if duplicates:
         raise ValueError(f"method(s) {', '.join(duplicates)} named twice; name each once")
-    for method in objects:  # refuse bad pairs before any work starts
+    for method in objects:  # refuse bad pairs and options before any work starts
         method.check(structure, subsample_size=subsample_size)
+        if method.runner == "svi":
+            check_svi_options(
+                num_steps=num_steps,
+                lr=lr,
+                subsample_size=subsample_size,
+                num_points=model_obj.num_points(train),
+            )
+            for phase, _ in method.phases(num_steps):
+                phase.check(structure, subsample_size=subsample_size)
     out_dir = None if out is None else _output_folder(out)
     device = str(train.device) if isinstance(train, torch.Tensor) else "cpu"
     comparison = Comparison(model_obj.name, dataset, device, seed, rows=[])

@@ -27,6 +27,7 @@ from pyro.infer.autoguide import AutoDelta
 from pyro.poutine.util import site_is_subsample
 
 from pyro_attention.infer.results import PosteriorDraws
+from pyro_attention.models.base import AlignmentModel
 from pyro_attention.models.structure import ModelStructure, inspect_model, trace_model
 from pyro_attention.traces import local_log_joint, site_dist, site_value
 
@@ -174,7 +175,7 @@ def pointwise_log_likelihood(
     return (out, torch.cat(priors)) if return_log_prior else out
 
 
-def check_model(model_obj: Any, data: Any) -> ModelStructure:
+def check_model(model_obj: AlignmentModel, data: Any) -> ModelStructure:
     """The model check: trace ``model_obj`` on ``data``, then score two prior draws of its
     globals the way the evaluator does (vectorized over a draw dimension); refuse what the
     evaluator cannot score, naming the fix. Returns the model's structure.
@@ -257,7 +258,7 @@ def importance_log_weights(
 
 
 def sample_guide_globals(
-    guide: Any, model_obj: Any, data: Any, num_samples: int
+    guide: Any, model_obj: AlignmentModel, data: Any, num_samples: int
 ) -> PosteriorDraws:
     """Draw the global latents from a guide, vectorized, with their log density ``log q``.
 

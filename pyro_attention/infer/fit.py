@@ -46,7 +46,7 @@ Runner = Callable[..., FitResult]
 
 
 def fit(
-    model_obj: Any,
+    model_obj: AlignmentModel | Callable[..., Any],
     data: Any,
     method: str | InferenceMethod = "enum",
     **options: Any,
@@ -122,6 +122,25 @@ def _check_checkpoint_path(path: Path) -> None:
         raise ValueError(f"checkpoint={str(path)!r} cannot be written ({err})") from None
 
 
+def check_svi_options(
+    *, num_steps: Any, lr: Any, subsample_size: Any, num_points: int
+) -> None:
+    """Refuse bad options of the SVI runner before any work (``lr=None``: an optimiser was
+    given instead)."""
+    _check_int(num_steps, "num_steps", 1)
+    if lr is not None and not (
+        isinstance(lr, int | float) and not isinstance(lr, bool) and 0 < lr < math.inf
+    ):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if subsample_size is not None:
+        _check_int(subsample_size, "subsample_size", 1)
+        if subsample_size > num_points:
+            raise ValueError(
+                f"subsample_size={subsample_size} is larger than the {num_points} data points; "
+                "use a smaller subsample_size or none"
+            )
+
+
 def _check_int(value: Any, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -180,7 +199,9 @@ def _save_checkpoint(
         torch.save(state, tmp)
 
 
-def _guide_sampler(guide: Callable, model_obj: Any, data: Any) -> Callable[[int], PosteriorDraws]:
+def _guide_sampler(
+    guide: Callable, model_obj: AlignmentModel, data: Any
+) -> Callable[[int], PosteriorDraws]:
     def sampler(num_samples: int) -> PosteriorDraws:
         return sample_guide_globals(guide, model_obj, data, num_samples)
 
@@ -208,7 +229,7 @@ def batch_stream(batches: Batches, start: int = 0) -> Iterator[Any]:
 
 def svi_fit(
     method: InferenceMethod,
-    model_obj: Any,
+    model_obj: AlignmentModel,
     data: Any,
     *,
     structure: ModelStructure | None = None,
@@ -234,17 +255,13 @@ def svi_fit(
     pre-training) runs them one after another, each going on with the next batches.
     """
     structure = inspect_model(model_obj, data) if structure is None else structure
-    num_steps = _check_int(num_steps, "num_steps", 1)
-    if optim is None and not (isinstance(lr, int | float) and 0 < lr < math.inf):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    check_svi_options(
+        num_steps=num_steps,
+        lr=None if optim is not None else lr,
+        subsample_size=subsample_size,
+        num_points=model_obj.num_points(data),
+    )
     _check_int(checkpoint_every, "checkpoint_every", 1)
-    if subsample_size is not None:
-        _check_int(subsample_size, "subsample_size", 1)
-        if subsample_size > model_obj.num_points(data):
-            raise ValueError(
-                f"subsample_size={subsample_size} is larger than the {model_obj.num_points(data)} "
-                "data points; use a smaller subsample_size or none"
-            )
     if batches is not None and subsample_size is not None:
         raise ValueError("pass either batches or subsample_size, not both")
     phases = method.phases(num_steps)
@@ -311,7 +328,7 @@ def _prepend(first: FitResult, result: FitResult) -> FitResult:
 
 def _svi_phase(
     method: InferenceMethod,
-    model_obj: Any,
+    model_obj: AlignmentModel,
     data: Any,
     *,
     num_steps: int,
@@ -432,7 +449,7 @@ def _svi_phase(
 
 def closed_form_fit(
     method: Any,
-    model_obj: Any,
+    model_obj: AlignmentModel,
     data: Any,
     *,
     structure: ModelStructure | None = None,
@@ -467,7 +484,7 @@ def closed_form_fit(
 
 def nuts_fit(
     method: Any,
-    model_obj: Any,
+    model_obj: AlignmentModel,
     data: Any,
     *,
     structure: ModelStructure | None = None,

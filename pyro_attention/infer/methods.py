@@ -65,6 +65,7 @@ from pyro_attention.guides import GuideSpec
 from pyro_attention.infer.baselines import Baseline, DecayingAverageBaseline, NeuralBaseline
 from pyro_attention.infer.local_rws import LocalReweightedWakeSleep
 from pyro_attention.infer.score_function_kl import ScoreFunctionKL_ELBO
+from pyro_attention.models.base import AlignmentModel
 from pyro_attention.models.structure import ModelStructure
 
 #: the loops that execute methods (see :mod:`pyro_attention.infer.fit`)
@@ -202,7 +203,7 @@ class InferenceMethod:
             site_infer=self.guide_site_infer,
         )
 
-    def guide(self, model_obj: Any) -> Callable:
+    def guide(self, model_obj: AlignmentModel) -> Callable:
         """The model's guide matching this method."""
         return model_obj.guide(self.guide_spec())
 

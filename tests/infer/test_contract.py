@@ -30,6 +30,7 @@ from pyro_attention.data import load_gmm2d
 from pyro_attention.diagnostics import load_datatree
 from pyro_attention.infer import (
     EM,
+    Dirichlet,
     InferenceMethod,
     VISample,
     compare,
@@ -396,3 +397,74 @@ def test_register_method_refuses_bad_registrations():
     register_method("odd-but-fine", InferenceMethod)
     unregister_method("odd-but-fine")
     assert "odd-but-fine" not in method_names()
+
+
+def test_the_cli_exits_non_zero_when_a_method_failed_and_keeps_the_rest(tmp_path, capsys):
+    plugin = tmp_path / "exploding_plugin.py"
+    plugin.write_text(
+        "from pyro.infer import Trace_ELBO\n"
+        "from pyro_attention.infer import InferenceMethod, register_method\n\n\n"
+        "class Boom(Trace_ELBO):\n"
+        "    def loss_and_grads(self, *args, **kwargs):\n"
+        "        raise RuntimeError('no luck')\n\n\n"
+        "class Exploding(InferenceMethod):\n"
+        "    name = 'exploding-cli'\n\n"
+        "    def loss(self, max_plate_nesting=None):\n"
+        "        return Boom()\n\n\n"
+        "register_method('exploding-cli', Exploding, replace=True)\n"
+    )
+    out = tmp_path / "run"
+    code = main(
+        ["compare", "gmm", "--import", str(plugin), "--methods", "exploding-cli,em",
+         "--steps", "3", "--num-samples", "5", "--no-progress", "--out", str(out)]
+    )
+    assert code == 1
+    assert "1 method(s) failed: exploding-cli" in capsys.readouterr().err
+    rows = json.loads((out / "summary.json").read_text())["results"]
+    assert [row["status"].split(":")[0] for row in rows] == ["error", "ok"]
+    assert (out / "em.nc").exists()
+    unregister_method("exploding-cli")
+
+
+def test_an_interrupt_keeps_the_rows_of_the_methods_that_finished(tmp_path):
+    class Interrupted(Exploding):
+        name = "interrupted"
+
+        def loss(self, max_plate_nesting=None):
+            class Stop(TraceMeanField_ELBO):
+                def loss_and_grads(self, *args, **kwargs):
+                    raise KeyboardInterrupt
+
+            return Stop()
+
+    data = load_gmm2d()
+    with pytest.raises(KeyboardInterrupt):
+        compare(BayesianGMM(2, 2), data.train, data.test, ["em", Interrupted(), "cavi"],
+                num_samples=5, out=tmp_path, progress=False)
+    rows = json.loads((tmp_path / "summary.json").read_text())["results"]
+    assert [row["method"] for row in rows] == ["em"]
+    assert (tmp_path / "em.nc").exists()
+
+
+def test_a_bad_import_is_refused_clearly(tmp_path, capsys):
+    code = main(["compare", "gmm", "--import", str(tmp_path / "missing.py"), "--out",
+                 str(tmp_path / "o"), "--no-progress"])
+    assert code == 2
+    assert "--import" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"num_steps": 0}, "num_steps must be"),
+        ({"lr": -1.0}, "lr must be"),
+        ({"methods": ["em", Dirichlet(pretrain_steps=50)], "num_steps": 20}, "leaves none"),
+    ],
+)
+def test_compare_refuses_bad_options_before_any_method_runs(tmp_path, options, match):
+    data = load_gmm2d()
+    options = {"methods": ["em", "enum"], **options}
+    with pytest.raises(ValueError, match=match):
+        compare(BayesianGMM(2, 2), data.train, data.test, out=tmp_path / "o", progress=False,
+                **options)
+    assert not (tmp_path / "o" / "em.nc").exists()
