@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistributionMixin
+from pyro.params.param_store import StateDict
 from pyro.poutine.runtime import Message
 from pyro.poutine.util import site_is_subsample
 
@@ -76,3 +79,22 @@ def local_log_joint(
             if site["is_observed"] and isinstance(site["mask"], torch.Tensor):
                 keep = site["mask"] if keep is None else keep | site["mask"]
     return torch.as_tensor(total), keep
+
+
+@contextlib.contextmanager
+def own_param_store() -> Iterator[StateDict]:
+    """Run the block in an empty Pyro param store; yields the state it leaves behind.
+
+    Unlike ``ParamStoreDict.scope`` the state is filled in even when the block raises, so a fit
+    that stops on a non-finite loss keeps its parameters. The caller's store is restored.
+    """
+    store = pyro.get_param_store()
+    saved = store.get_state()
+    state = StateDict(params={}, constraints={})
+    store.clear()
+    try:
+        yield state
+    finally:
+        state.update(store.get_state())
+        store.clear()
+        store.set_state(saved)

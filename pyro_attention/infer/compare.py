@@ -126,7 +126,28 @@ def evaluate_fit(
     local_draws: int = 64,
 ) -> tuple[dict[str, Any], PosteriorDraws, torch.Tensor]:
     """Score one fit; returns its row, its draws and the training pointwise log-likelihood."""
-    model_obj = as_model(model_obj)
+    with result.scope():  # the fit's parameters, and none of the user's store
+        return _evaluate_fit(
+            as_model(model_obj),
+            result,
+            train,
+            test,
+            num_samples=num_samples,
+            grad_draws=grad_draws,
+            local_draws=local_draws,
+        )
+
+
+def _evaluate_fit(
+    model_obj: AlignmentModel,
+    result: FitResult,
+    train: Any,
+    test: Any,
+    *,
+    num_samples: int,
+    grad_draws: int,
+    local_draws: int,
+) -> tuple[dict[str, Any], PosteriorDraws, torch.Tensor]:
     train, test = model_obj.check_data(train), model_obj.check_data(test)
     method = result.method
     nesting = model_obj.max_plate_nesting
@@ -151,15 +172,14 @@ def evaluate_fit(
     grad_var = None
     if method.stochastic_gradient and result.guide is not None:
         extra = result.extra
-        with result.scope():
-            grad_var = gradient_variance(
-                extra["model_fn"],
-                result.guide,
-                extra["loss_fn"],
-                train,
-                num_draws=grad_draws,
-                **extra["kwargs"],
-            )
+        grad_var = gradient_variance(
+            extra["model_fn"],
+            result.guide,
+            extra["loss_fn"],
+            train,
+            num_draws=grad_draws,
+            **extra["kwargs"],
+        )
     num_train = model_obj.num_points(train)
     train_objective = None
     if result.losses and method.objective != "none":

@@ -29,7 +29,7 @@ from pyro.poutine.util import site_is_subsample
 from pyro_attention.infer.results import PosteriorDraws
 from pyro_attention.models.base import AlignmentModel
 from pyro_attention.models.structure import ModelStructure, inspect_model, trace_model
-from pyro_attention.traces import local_log_joint, site_dist, site_value
+from pyro_attention.traces import local_log_joint, own_param_store, site_dist, site_value
 
 _PARTICLES = "_particles"
 
@@ -194,7 +194,7 @@ def check_model(model_obj: AlignmentModel, data: Any) -> ModelStructure:
         for name in structure.global_sites
     }
     try:
-        with torch.no_grad():
+        with torch.no_grad(), own_param_store():
             ll = pointwise_log_likelihood(
                 model_obj.model,
                 samples,

@@ -15,11 +15,15 @@ import pyro
 import torch
 from pyro.params.param_store import StateDict
 
+from pyro_attention.traces import own_param_store
+
 if TYPE_CHECKING:
     from pyro_attention.infer.methods import InferenceMethod
 
 #: a Pyro param store state, ``{"params": {...}, "constraints": {...}}``
 ParamState = StateDict
+
+__all__ = ["FitResult", "NonFiniteLossError", "ParamState", "PosteriorDraws", "own_param_store"]
 
 
 @dataclass
@@ -35,25 +39,6 @@ class PosteriorDraws:
     samples: dict[str, torch.Tensor]
     log_density: torch.Tensor | None = None
     point_estimate: bool = False
-
-
-@contextlib.contextmanager
-def own_param_store() -> Iterator[ParamState]:
-    """Run the block in an empty Pyro param store; yields the state it leaves behind.
-
-    Unlike ``ParamStoreDict.scope`` the state is filled in even when the block raises, so a fit
-    that stops on a non-finite loss keeps its parameters. The caller's store is restored.
-    """
-    store = pyro.get_param_store()
-    saved = store.get_state()
-    state = ParamState(params={}, constraints={})
-    store.clear()
-    try:
-        yield state
-    finally:
-        state.update(store.get_state())
-        store.clear()
-        store.set_state(saved)
 
 
 @dataclass

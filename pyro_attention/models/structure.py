@@ -17,7 +17,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from pyro_attention.alignment import is_alignment_site
-from pyro_attention.traces import site_dist, site_infer
+from pyro_attention.traces import own_param_store, site_dist, site_infer
 
 if TYPE_CHECKING:
     from pyro_attention.models.base import AlignmentModel
@@ -54,7 +54,7 @@ class ModelStructure:
 def trace_model(model_obj: AlignmentModel, data: Any) -> poutine.Trace:
     """One run of ``model_obj.model(data)`` (globals from their priors), hidden from outer
     handlers."""
-    with torch.no_grad():
+    with torch.no_grad(), own_param_store():  # network parameters stay out of the user's store
         trace = poutine.block(poutine.trace(model_obj.model).get_trace)(data)
     return trace
 

@@ -468,3 +468,11 @@ def test_compare_refuses_bad_options_before_any_method_runs(tmp_path, options, m
         compare(BayesianGMM(2, 2), data.train, data.test, out=tmp_path / "o", progress=False,
                 **options)
     assert not (tmp_path / "o" / "em.nc").exists()
+
+
+def test_compare_leaves_the_users_param_store_alone():
+    """Models with network parameters register them while they run; none reach the store."""
+    pyro.param("users_own", torch.ones(2))
+    compare(KeyValueAttention(), kv_data(60), kv_data(30, 1), ["enum", "reinforce"],
+            num_steps=3, num_samples=4, grad_draws=2, progress=False)
+    assert list(pyro.get_param_store().keys()) == ["users_own"]
