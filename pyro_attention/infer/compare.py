@@ -333,6 +333,8 @@ def compare(
                 write_json(out_dir / "summary.json", comparison.summary())
             continue
         row["total_seconds"] = time.perf_counter() - t0
+        if structure.local_sites:  # the importance-sampling estimator's draws per point
+            row["local_draws"] = local_draws
         comparison.rows.append(row)
         comparison.fits[method.name] = fitted
         comparison.draws[method.name] = draws

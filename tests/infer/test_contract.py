@@ -476,3 +476,10 @@ def test_compare_leaves_the_users_param_store_alone():
     compare(KeyValueAttention(), kv_data(60), kv_data(30, 1), ["enum", "reinforce"],
             num_steps=3, num_samples=4, grad_draws=2, progress=False)
     assert list(pyro.get_param_store().keys()) == ["users_own"]
+
+
+def test_rows_report_the_draws_of_the_local_importance_sampler():
+    result = compare(ScaleMixture(), scale_data(60), scale_data(30, 1), ["enum", "vi-enum"],
+                     num_steps=3, num_samples=4, grad_draws=2, local_draws=16, progress=False)
+    assert [row["local_draws"] for row in result.rows] == [16, 16]
+    assert all(np.isfinite(row["heldout_log_lik"]) for row in result.rows)
