@@ -92,8 +92,8 @@ def pyro_guide(gmm: BayesianGMM, guide_kind: str) -> AutoAlignmentGuide:
         return method.guide(gmm)
     return AutoAlignmentGuide(
         gmm.model,
-        method=method,
-        global_guide=lambda hidden: AutoDelta(hidden, init_loc_fn=gmm.init_loc_fn()),
+        method,
+        global_guide=AutoDelta,
         init_loc_fn=gmm.init_loc_fn(),
     )
 

@@ -145,6 +145,8 @@ def compare_alignment(
                     progress=progress,
                 )
             except NonFiniteLossError as err:
+                if not err.result.steps:  # nothing was learned: no score to report
+                    raise
                 fitted = err.result
             model.eval()
             pyro.set_rng_seed(seed)

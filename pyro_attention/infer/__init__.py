@@ -1,4 +1,4 @@
-"""Inference methods by name, the fit loop and the method-independent evaluation."""
+"""Inference methods by name, the runners, the method-independent evaluation and compare()."""
 
 from pyro_attention.infer.baselines import (
     Baseline,
@@ -7,7 +7,8 @@ from pyro_attention.infer.baselines import (
     ValueBaseline,
 )
 from pyro_attention.infer.compare import Comparison, compare
-from pyro_attention.infer.fit import FitResult, NonFiniteLossError, PosteriorDraws, fit
+from pyro_attention.infer.evaluate import check_model
+from pyro_attention.infer.fit import fit, runner_options
 from pyro_attention.infer.methods import (
     CAVI,
     EM,
@@ -22,11 +23,20 @@ from pyro_attention.infer.methods import (
     HardSample,
     InferenceMethod,
     Reinforce,
+    ReparamSVI,
+    Requirement,
     Soft,
     VIEnum,
     VISample,
 )
-from pyro_attention.infer.registry import get_method, method_names, register_method
+from pyro_attention.infer.registry import (
+    applicable_methods,
+    get_method,
+    method_names,
+    register_method,
+    unregister_method,
+)
+from pyro_attention.infer.results import FitResult, NonFiniteLossError, PosteriorDraws
 
 __all__ = [
     "CAVI",
@@ -49,13 +59,19 @@ __all__ = [
     "NonFiniteLossError",
     "PosteriorDraws",
     "Reinforce",
+    "ReparamSVI",
+    "Requirement",
     "Soft",
     "VIEnum",
     "VISample",
     "ValueBaseline",
+    "applicable_methods",
+    "check_model",
     "compare",
     "fit",
     "get_method",
     "method_names",
     "register_method",
+    "runner_options",
+    "unregister_method",
 ]

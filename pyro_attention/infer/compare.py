@@ -37,8 +37,15 @@ from pyro_attention.infer.evaluate import (
 from pyro_attention.infer.fit import check_svi_options, fit, runner_options
 from pyro_attention.infer.methods import InferenceMethod
 from pyro_attention.infer.registry import applicable_methods, get_method
-from pyro_attention.infer.results import FitResult, NonFiniteLossError, PosteriorDraws
+from pyro_attention.infer.results import (
+    FitResult,
+    NonFiniteLossError,
+    PosteriorDraws,
+    clone_state,
+)
 from pyro_attention.models.base import AlignmentModel, as_model
+from pyro_attention.models.structure import trace_model
+from pyro_attention.traces import observed_sites, site_value
 
 COLUMNS = (
     "method",
@@ -208,8 +215,12 @@ def _evaluate_fit(
 
 
 def error_row(method: InferenceMethod, err: BaseException, seconds: float) -> dict[str, Any]:
-    """The row of a method that failed: its status names the error, its scores are empty."""
-    message = " ".join(str(err).split())
+    """The row of a method that failed: its status names the error (its first line, at most
+    300 characters), its scores are empty."""
+    lines = str(err).strip().splitlines() or [""]
+    message = " ".join(lines[0].split())
+    if len(message) > 300:
+        message = message[:297] + "..."
     return {
         "method": method.name,
         "heldout_log_lik": None,
@@ -270,8 +281,23 @@ def compare(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if isinstance(methods, str | InferenceMethod):
+        raise ValueError(
+            f"methods must be a list of names or method objects, got {methods!r}; "
+            f"e.g. methods=[{methods!r}]"
+        )
     structure = check_model(model_obj, train)
-    names = applicable_methods(structure) if methods is None else list(methods)
+    trace_model(model_obj, test, log_prob=True)  # the held-out data must fit the model too
+    if methods is None:  # every applicable method, those that can use the options given
+        names: list[str | InferenceMethod] = [
+            name
+            for name in applicable_methods(structure)
+            if subsample_size is None or get_method(name).supports_subsampling
+        ]
+    else:
+        names = list(methods)
     if not names:
         raise ValueError("methods is empty; name at least one method")
     objects = [get_method(m) for m in names]
@@ -302,47 +328,52 @@ def compare(
     }
     if subsample_size is None:
         options.pop("subsample_size")
-    for method in tqdm(objects, desc="methods", disable=not progress):
-        pyro.set_rng_seed(seed)
-        t0 = time.perf_counter()
-        accepted = runner_options(method)
-        try:
-            try:
-                fitted = fit(
-                    model_obj, train, method, **{k: v for k, v in options.items() if k in accepted}
-                )
-            except NonFiniteLossError as err:
-                fitted = err.result
+    initial = clone_state(model_obj)  # every method starts from the same network weights
+    try:
+        for method in tqdm(objects, desc="methods", disable=not progress):
+            model_obj.load_state_dict(initial)
             pyro.set_rng_seed(seed)
-            draws_wanted = num_samples  # every MCMC draw is scored, so the tree reuses train_ll
-            if fitted.chains is not None:
-                draws_wanted = max(num_samples, math.prod(fitted.chains_shape()))
-            row, draws, train_ll = evaluate_fit(
-                model_obj,
-                fitted,
-                train,
-                test,
-                num_samples=draws_wanted,
-                grad_draws=grad_draws,
-                local_draws=local_draws,
-            )
-        except Exception as err:  # one failing method must not lose the others' rows
-            comparison.rows.append(error_row(method, err, time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            accepted = {k: v for k, v in options.items() if k in runner_options(method)}
+            try:
+                try:
+                    fitted = fit(model_obj, train, method, **accepted)
+                except NonFiniteLossError as err:
+                    if not err.result.steps:  # nothing was learned: no score to report
+                        raise
+                    fitted = err.result  # scored at the last good step; its status warns
+                pyro.set_rng_seed(seed)
+                draws_wanted = num_samples  # every MCMC draw is scored, so the tree reuses train_ll
+                if fitted.chains is not None:
+                    draws_wanted = max(num_samples, math.prod(fitted.chains_shape()))
+                row, draws, train_ll = evaluate_fit(
+                    model_obj,
+                    fitted,
+                    train,
+                    test,
+                    num_samples=draws_wanted,
+                    grad_draws=grad_draws,
+                    local_draws=local_draws,
+                )
+            except Exception as err:  # one failing method must not lose the others' rows
+                comparison.rows.append(error_row(method, err, time.perf_counter() - t0))
+                if out_dir is not None:
+                    (out_dir / f"{method.name}.nc").unlink(missing_ok=True)  # no stale tree
+                    write_json(out_dir / "summary.json", comparison.summary())
+                continue
+            row["total_seconds"] = time.perf_counter() - t0
+            if structure.local_sites:  # the importance-sampling estimator's draws per point
+                row["local_draws"] = local_draws
+            comparison.rows.append(row)
+            comparison.fits[method.name] = fitted
+            comparison.draws[method.name] = draws
             if out_dir is not None:
-                (out_dir / f"{method.name}.nc").unlink(missing_ok=True)  # no stale tree
+                comparison.files.append(
+                    _write_tree(model_obj, fitted, draws, train, train_ll, out_dir, row)
+                )
                 write_json(out_dir / "summary.json", comparison.summary())
-            continue
-        row["total_seconds"] = time.perf_counter() - t0
-        if structure.local_sites:  # the importance-sampling estimator's draws per point
-            row["local_draws"] = local_draws
-        comparison.rows.append(row)
-        comparison.fits[method.name] = fitted
-        comparison.draws[method.name] = draws
-        if out_dir is not None:
-            comparison.files.append(
-                _write_tree(model_obj, fitted, draws, train, train_ll, out_dir, row)
-            )
-            write_json(out_dir / "summary.json", comparison.summary())
+    finally:  # each fit keeps its own weights: comparison.fits[name].scope()
+        model_obj.load_state_dict(initial)
     if out_dir is not None:
         comparison.files.append(write_json(out_dir / "summary.json", comparison.summary()))
         comparison.files += plot_comparison(model_obj, comparison, train, out_dir)
@@ -382,13 +413,20 @@ def _write_tree(
     on a single draw.
     """
     dims = model_obj.arviz_dims()
+    # the observed sites as the model sees them; the pointwise log-likelihood is named after
+    # the observed site (or "joint" when several sum into it)
+    observed = {
+        str(site["name"]): site_value(site)
+        for site in observed_sites(trace_model(model_obj, train))
+    }
+    ll_name = next(iter(observed)) if len(observed) == 1 else "joint"
     sample_stats = None
-    log_likelihood: dict[str, torch.Tensor] | None = {"obs": train_ll}
+    log_likelihood: dict[str, torch.Tensor] | None = {ll_name: train_ll}
     sample_dims: tuple[str, ...]
     if fitted.chains is not None:
         posterior, sample_dims = fitted.chains, ("chain", "draw")
         train_ll = train_ll.reshape(*fitted.chains_shape(), *train_ll.shape[1:])
-        log_likelihood = {"obs": train_ll}
+        log_likelihood = {ll_name: train_ll}
         sample_stats = {"diverging": fitted.extra["diverging"]}
     else:
         posterior, sample_dims = draws.samples, ("sample",)
@@ -400,7 +438,7 @@ def _write_tree(
         posterior,
         sample_dims=sample_dims,
         log_likelihood=log_likelihood,
-        observed_data={"obs": train},
+        observed_data=observed,
         sample_stats=sample_stats,
         dims=dims,
         attrs={

@@ -175,10 +175,22 @@ def pointwise_log_likelihood(
     return (out, torch.cat(priors)) if return_log_prior else out
 
 
+def _size_not_in(trace: Any) -> int:
+    """The smallest size >= 2 that no dim of a site of ``trace`` has."""
+    sizes = {
+        size
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and isinstance(site["value"], torch.Tensor)
+        for size in site["value"].shape
+    }
+    return next(n for n in range(2, max(sizes, default=0) + 3) if n not in sizes)
+
+
 def check_model(model_obj: AlignmentModel, data: Any) -> ModelStructure:
-    """The model check: trace ``model_obj`` on ``data``, then score two prior draws of its
-    globals the way the evaluator does (vectorized over a draw dimension); refuse what the
-    evaluator cannot score, naming the fix. Returns the model's structure.
+    """The model check: trace ``model_obj`` on ``data``, then score a few prior draws of its
+    globals the way the evaluator does (vectorized over a draw dimension whose size no dim of
+    the model has); refuse what the evaluator cannot score, naming the fix. Returns the model's
+    structure.
     """
     data = model_obj.check_data(data)
     structure = inspect_model(model_obj, data)
@@ -188,7 +200,9 @@ def check_model(model_obj: AlignmentModel, data: Any) -> ModelStructure:
             f"max_plate_nesting={model_obj.max_plate_nesting}; set the class attribute "
             f"max_plate_nesting = {structure.max_plate_nesting}"
         )
-    draws = [trace_model(model_obj, data) for _ in range(2)]
+    first = trace_model(model_obj, data)
+    num = _size_not_in(first)  # a draw dimension no dim of the model can be mistaken for
+    draws = [first] + [trace_model(model_obj, data) for _ in range(num - 1)]
     samples = {
         name: torch.stack([site_value(trace.nodes[name]) for trace in draws])
         for name in structure.global_sites
@@ -212,7 +226,7 @@ def check_model(model_obj: AlignmentModel, data: Any) -> ModelStructure:
             "README)"
         ) from err
     leading = ll.shape[0] if ll.dim() else 0
-    if leading != 2:
+    if leading != num:
         raise ValueError(
             f"{structure.model}: its pointwise log-likelihood has shape {tuple(ll.shape)}, "
             "not (draws, ...): declare the data plate(s) with an explicit dim= and keep the "

@@ -57,11 +57,12 @@ def fit(
     Options of the ``svi`` runner: ``num_steps``, ``lr`` or ``optim``, ``subsample_size``,
     ``batches`` (mini-batches to step on, see :func:`svi_fit`), ``seed``, ``progress``,
     ``checkpoint`` (a file path), ``checkpoint_every``, ``resume``, ``guide``.
-    The ``closed-form`` and ``mcmc`` runners take ``seed`` and ``progress`` and leave the
-    others out (their settings are the method's: ``CAVI(max_iter=...)``, ``NUTS(...)``); an
-    option no runner knows is refused.
+    The ``closed-form`` and ``mcmc`` runners take ``seed`` and ``progress``; their settings
+    are the method's (``CAVI(max_iter=...)``, ``NUTS(num_samples=...)``). Any other option is
+    refused (:func:`runner_options` lists a method's).
     The trained parameters stay with the result: ``with result.scope(): ...`` brings them
-    back into Pyro's param store.
+    back into Pyro's param store. Network weights (``torch.nn`` submodules of the model) are
+    trained in place, as in torch; the result keeps a copy, which ``scope()`` loads back.
     """
     model_obj = as_model(model_obj)
     method = get_method(method)
@@ -71,16 +72,17 @@ def fit(
             f"method {method.name!r} declares runner={method.runner!r}; expected one of "
             f"{sorted(RUNNERS)}"
         )
-    known = frozenset().union(*RUNNER_OPTIONS.values())
-    unknown = set(options) - known
+    accepted = RUNNER_OPTIONS[method.runner]
+    unknown = set(options) - accepted
     if unknown:
         raise ValueError(
-            f"fit() takes no option {', '.join(sorted(unknown))}; method {method.name!r} "
-            f"(runner {method.runner!r}) takes {', '.join(sorted(RUNNER_OPTIONS[method.runner]))}"
+            f"method {method.name!r} (runner {method.runner!r}) takes no option "
+            f"{', '.join(sorted(unknown))}; it takes {', '.join(sorted(accepted))}, and its "
+            f"own settings go to its constructor ({type(method).__name__}(...)); "
+            "runner_options(method) lists them"
         )
-    # options of the other runners (num_steps for cavi, ...) are left out, so that one set of
-    # options serves a loop over methods; method settings go to the method's constructor
-    options = {k: v for k, v in options.items() if k in RUNNER_OPTIONS[method.runner]}
+    if options.get("batches") is not None and options.get("subsample_size") is not None:
+        raise ValueError("pass either batches or subsample_size, not both")
     data = model_obj.check_data(data)
     structure = inspect_model(model_obj, data)
     _check_nesting(model_obj, structure)
@@ -90,8 +92,10 @@ def fit(
             result = runner(method, model_obj, data, structure=structure, **options)
         except NonFiniteLossError as err:
             err.result.params = params
+            err.result.keep_module_state(model_obj)
             raise
     result.params = params
+    result.keep_module_state(model_obj)
     return result
 
 
@@ -184,8 +188,10 @@ def _save_checkpoint(
     losses: list[float],
     seconds: float,
     points_seen: int = 0,
+    num_points: int | None = None,
 ) -> None:
     state = {
+        "num_points": num_points,
         "points_seen": points_seen,
         "method": method.name,
         "step": step,
@@ -234,7 +240,7 @@ def svi_fit(
     *,
     structure: ModelStructure | None = None,
     num_steps: int = 1000,
-    lr: float = 0.05,
+    lr: float | None = None,
     optim: PyroOptim | None = None,
     subsample_size: int | None = None,
     batches: Batches | None = None,
@@ -255,15 +261,24 @@ def svi_fit(
     pre-training) runs them one after another, each going on with the next batches.
     """
     structure = inspect_model(model_obj, data) if structure is None else structure
+    if lr is not None and optim is not None:
+        raise ValueError("pass lr or optim, not both (optim carries its own learning rate)")
+    lr = 0.05 if lr is None and optim is None else lr
     check_svi_options(
         num_steps=num_steps,
-        lr=None if optim is not None else lr,
+        lr=lr,
         subsample_size=subsample_size,
         num_points=model_obj.num_points(data),
     )
     _check_int(checkpoint_every, "checkpoint_every", 1)
     if batches is not None and subsample_size is not None:
         raise ValueError("pass either batches or subsample_size, not both")
+    if batches is not None and getattr(model_obj, "create_plates", None) is None:
+        raise ValueError(
+            f"batches= needs a model whose guide can follow batches of another size: define "
+            f"create_plates(data) on {structure.model} returning its data plate(s) for this "
+            "data (see PointMixtureModel), or step on subsamples with subsample_size="
+        )
     phases = method.phases(num_steps)
     for phase, _ in phases:
         phase.check(structure, subsample_size=subsample_size)
@@ -332,7 +347,7 @@ def _svi_phase(
     data: Any,
     *,
     num_steps: int,
-    lr: float,
+    lr: float | None,
     optim: PyroOptim | None,
     subsample_size: int | None,
     batches: Batches | None,
@@ -347,7 +362,7 @@ def _svi_phase(
     model_obj.initialize(data)
     guide = method.guide(model_obj) if guide is None else guide
     model_fn = method.prepare(model_obj.model)
-    optim = ClippedAdam({"lr": lr}) if optim is None else optim
+    optim = ClippedAdam({"lr": 0.05 if lr is None else lr}) if optim is None else optim
     loss = method.loss(model_obj.max_plate_nesting)
     kwargs = {} if subsample_size is None else {"subsample_size": subsample_size}
     svi = SVI(model_fn, guide, optim, loss)
@@ -357,13 +372,33 @@ def _svi_phase(
     start, seconds_before, points_before = 0, 0.0, 0
     checkpoint = None if checkpoint is None else Path(checkpoint)
     if checkpoint is not None and resume and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        try:
+            state = torch.load(checkpoint, weights_only=False)
+        except Exception as err:
+            raise ValueError(
+                f"checkpoint {checkpoint} is not a checkpoint of fit() ({type(err).__name__}); "
+                "pass another path, or resume=False to overwrite it"
+            ) from None
+        if not isinstance(state, dict) or "method" not in state:
+            raise ValueError(f"checkpoint {checkpoint} is not a checkpoint of fit()")
+        points = state.get("num_points")
+        if points is not None and points != model_obj.num_points(data):
+            raise ValueError(
+                f"checkpoint {checkpoint} was written for {points} data points, not "
+                f"{model_obj.num_points(data)}; pass another checkpoint path or resume=False"
+            )
         if state["method"] != method.name:
             raise ValueError(
                 f"checkpoint {checkpoint} was written by method {state['method']!r}, not "
                 f"{method.name!r}; pass another checkpoint path or resume=False"
             )
-        _load_params(state["params"])
+        try:
+            _load_params(state["params"])
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(
+                f"checkpoint {checkpoint} does not fit this model ({str(err).splitlines()[0]}); "
+                "pass another checkpoint path or resume=False"
+            ) from None
         if state["optim"] is not None:
             optim.set_state(state["optim"])
         pyro.util.set_rng_state(state["rng"])
@@ -391,7 +426,7 @@ def _svi_phase(
         )
         if not (torch.isfinite(torch.tensor(value)) and params_ok):
             _restore(snapshot)
-            status = f"non-finite loss at step {step}; the parameters before it are kept"
+            status = f"warn: non-finite loss at step {step}; the parameters before it are kept"
             break
         snapshot = _param_snapshot()
         losses.append(value)
@@ -408,6 +443,7 @@ def _svi_phase(
                 losses,
                 seconds_before + time.perf_counter() - t0,
                 points_seen,
+                model_obj.num_points(data),
             )
     seconds = seconds_before + time.perf_counter() - t0
     steps_done = len(losses)
@@ -420,6 +456,7 @@ def _svi_phase(
             losses,
             seconds,
             points_seen,
+            model_obj.num_points(data),
         )
     result = FitResult(
         method=method,
@@ -440,7 +477,7 @@ def _svi_phase(
     )
     if status != "ok":
         raise NonFiniteLossError(
-            f"{method.name} on {type(model_obj).__name__}: {status}. Lower the learning rate "
+            f"{method.name} on {model_obj.name}: {status[len('warn: '):]}. Lower the learning rate "
             f"(lr={lr}), use float64 data, or (gumbel) raise the temperature",
             result,
         )

@@ -183,6 +183,13 @@ class InferenceMethod:
         if unmet:
             reasons = "; ".join(f"it needs {req.needs} ({req.fix})" for req in unmet)
             raise ValueError(f"method {self.name!r} does not apply to {structure.model}: {reasons}")
+        if subsample_size is not None and not structure.accepts_subsample_size:
+            raise ValueError(
+                f"subsample_size={subsample_size} needs a model that takes it: write "
+                f"{structure.model}'s model as model(data, *, subsample_size=None) and pass it "
+                "to the data plate, pyro.plate('data', len(data), subsample_size=...) "
+                "(see PointMixtureModel)"
+            )
         if subsample_size is not None and not self.supports_subsampling:
             raise ValueError(
                 f"method {self.name!r} cannot use mini-batches (subsample_size="

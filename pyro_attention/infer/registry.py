@@ -52,8 +52,10 @@ def register_method(
 
     :param replace: allow a name that is registered already (default: refuse it).
     """
-    if not isinstance(name, str) or not name or "," in name or name != name.strip():
-        raise ValueError(f"a method name must be a non-empty string without commas, got {name!r}")
+    if not isinstance(name, str) or not name or "," in name or any(c.isspace() for c in name):
+        raise ValueError(
+            f"a method name must be a non-empty string without commas or spaces, got {name!r}"
+        )
     if name in _REGISTRY and not replace:
         raise ValueError(f"a method named {name!r} is already registered; pass replace=True")
     if not callable(factory):

@@ -23,7 +23,14 @@ if TYPE_CHECKING:
 #: a Pyro param store state, ``{"params": {...}, "constraints": {...}}``
 ParamState = StateDict
 
-__all__ = ["FitResult", "NonFiniteLossError", "ParamState", "PosteriorDraws", "own_param_store"]
+__all__ = [
+    "FitResult",
+    "NonFiniteLossError",
+    "ParamState",
+    "PosteriorDraws",
+    "clone_state",
+    "own_param_store",
+]
 
 
 @dataclass
@@ -57,6 +64,8 @@ class FitResult:
         the run stopped early.
     :ivar chains: MCMC draws grouped ``(chain, draw, ...)``.
     :ivar params: the fit's own Pyro param store; :meth:`scope` brings it back.
+    :ivar model: the fitted model; :ivar module_state: a copy of its ``state_dict`` (network
+        weights, encoders) at the end of the fit, which :meth:`scope` loads back.
     """
 
     method: InferenceMethod
@@ -71,12 +80,28 @@ class FitResult:
     chains: dict[str, torch.Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     params: ParamState = field(default_factory=lambda: ParamState(params={}, constraints={}))
+    model: torch.nn.Module | None = None
+    module_state: dict[str, torch.Tensor] | None = None
+
+    def keep_module_state(self, model: torch.nn.Module) -> None:
+        """Remember ``model`` and a copy of its weights as this fit left them."""
+        self.model = model
+        self.module_state = clone_state(model)
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[ParamState]:
-        """Run the block with this fit's param store (every fit has its own)."""
-        with pyro.get_param_store().scope(self.params) as state:
-            yield state
+        """Run the block with this fit's param store and this fit's network weights (every fit
+        has its own; the model's current weights are put back afterwards)."""
+        model, saved = self.model, None
+        if model is not None and self.module_state is not None:
+            saved = clone_state(model)
+            model.load_state_dict(self.module_state)
+        try:
+            with pyro.get_param_store().scope(self.params) as state:
+                yield state
+        finally:
+            if model is not None and saved is not None:
+                model.load_state_dict(saved)
 
     def draws(self, num_samples: int) -> PosteriorDraws:
         """``num_samples`` draws of the global latents (one for point estimates)."""
@@ -93,6 +118,11 @@ class FitResult:
     @property
     def samples_per_second(self) -> float:
         return self.points_seen / self.seconds if self.seconds > 0 else float("nan")
+
+
+def clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of ``model.state_dict()``."""
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -28,6 +28,7 @@ What methods a model gets is derived from one trace of it
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -113,9 +114,22 @@ class AlignmentModel(PyroModule):
         """The Pyro model; every subclass writes it."""
         raise NotImplementedError(f"{type(self).__name__} does not define model()")
 
+    def accepts_subsample_size(self) -> bool:
+        """Whether :meth:`model` takes ``subsample_size=`` (for mini-batches; see
+        :class:`PointMixtureModel`)."""
+        return _takes_keyword(self.model, "subsample_size")
+
     # ----------------------------------------------------------------- data
     def check_data(self, data: Any) -> Any:
-        """Validate ``data`` (refuse NaN, wrong shape, dtype, device) and return it."""
+        """Validate ``data`` and return it. The default refuses an empty tensor and NaN/inf in a
+        floating-point one; models with more structure override it (shape, dtype, device)."""
+        if isinstance(data, torch.Tensor):
+            if data.dim() == 0 or data.shape[0] == 0:
+                raise ValueError(
+                    f"{self.name}: data of shape {tuple(data.shape)} has no data points"
+                )
+            if data.is_floating_point() and not torch.isfinite(data).all():
+                raise ValueError(f"{self.name}: data contains NaN or inf; clean or drop them")
         return data
 
     def num_points(self, data: Any) -> int:
@@ -217,7 +231,11 @@ class FunctionModel(AlignmentModel):
     def model(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
+    def accepts_subsample_size(self) -> bool:
+        return _takes_keyword(self.fn, "subsample_size")
+
     def check_data(self, data: Any) -> Any:
+        data = super().check_data(data)
         if self._nesting is None:
             from pyro_attention.models.structure import plate_nesting, trace_model
 
@@ -228,6 +246,14 @@ class FunctionModel(AlignmentModel):
         if self._num_points is not None:
             return self._num_points(data)
         return data.shape[0] if isinstance(data, torch.Tensor) else len(data)
+
+
+def _takes_keyword(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the call decide
+        return True
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def as_model(model: AlignmentModel | Callable[..., Any]) -> AlignmentModel:

@@ -9,6 +9,7 @@ derived, never listed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ class ModelStructure:
         (point-estimated by the gradient methods).
     :ivar closed_form_updates: names of the model's closed-form updates (``"cavi"``, ``"em"``).
     :ivar has_encoder: the model amortizes its local guides (mini-batches from ``batches=``).
+    :ivar accepts_subsample_size: ``model(data, subsample_size=...)`` works (mini-batches).
     :ivar max_plate_nesting: plates nested in the deepest site.
     """
 
@@ -48,15 +50,27 @@ class ModelStructure:
     network_parameters: tuple[str, ...]
     closed_form_updates: frozenset[str]
     has_encoder: bool
+    accepts_subsample_size: bool
     max_plate_nesting: int
 
 
-def trace_model(model_obj: AlignmentModel, data: Any) -> poutine.Trace:
+def trace_model(model_obj: AlignmentModel, data: Any, *, log_prob: bool = False) -> poutine.Trace:
     """One run of ``model_obj.model(data)`` (globals from their priors), hidden from outer
-    handlers."""
-    with torch.no_grad(), own_param_store():  # network parameters stay out of the user's store
-        trace = poutine.block(poutine.trace(model_obj.model).get_trace)(data)
-    return trace
+    handlers, with its log-probabilities if ``log_prob`` (which checks the data against each
+    likelihood's support); a model that fails on ``data`` is refused with a ``ValueError``."""
+    try:
+        with torch.no_grad(), own_param_store():  # network parameters stay out of the store
+            trace = poutine.block(poutine.trace(model_obj.model).get_trace)(data)
+            if log_prob:
+                trace.compute_log_prob()
+            return trace
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"{model_obj.name}: the model fails on this data ({type(err).__name__}: {first}); "
+            "check the data (NaN, values outside the likelihood's support, the shape and type "
+            "the model expects)"
+        ) from err
 
 
 def plate_nesting(trace: poutine.Trace) -> int:
@@ -73,8 +87,12 @@ def plate_nesting(trace: poutine.Trace) -> int:
     )
 
 
-def inspect_model(model_obj: AlignmentModel, data: Any) -> ModelStructure:
-    """Trace ``model_obj`` once on ``data`` and sort its sites (see :class:`ModelStructure`)."""
+def inspect_model(model_obj: AlignmentModel | Callable[..., Any], data: Any) -> ModelStructure:
+    """Trace ``model_obj`` (a model or a Pyro model function) once on ``data`` and sort its
+    sites (see :class:`ModelStructure`)."""
+    from pyro_attention.models.base import as_model
+
+    model_obj = as_model(model_obj)
     trace = trace_model(model_obj, data)
     alignments, discrete, globals_, locals_, params = [], [], [], [], []
     for name, site in trace.nodes.items():
@@ -102,5 +120,6 @@ def inspect_model(model_obj: AlignmentModel, data: Any) -> ModelStructure:
         network_parameters=tuple(params),
         closed_form_updates=frozenset(model_obj.closed_form_updates()),
         has_encoder=model_obj.encoder is not None,
+        accepts_subsample_size=model_obj.accepts_subsample_size(),
         max_plate_nesting=plate_nesting(trace),
     )

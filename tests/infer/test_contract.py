@@ -483,3 +483,143 @@ def test_rows_report_the_draws_of_the_local_importance_sampler():
                      num_steps=3, num_samples=4, grad_draws=2, local_draws=16, progress=False)
     assert [row["local_draws"] for row in result.rows] == [16, 16]
     assert all(np.isfinite(row["heldout_log_lik"]) for row in result.rows)
+
+
+# ----------------------------------------------------------------------------- networks
+def test_each_fit_keeps_its_own_network_weights_and_compare_starts_each_from_the_same():
+    data, test = kv_data(80), kv_data(40, 1)
+    model = KeyValueAttention()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    first = fit(model, data, "enum", num_steps=5, seed=0, progress=False)
+    second = fit(model, data, "enum", num_steps=5, seed=0, progress=False)
+    assert second.losses[0] != first.losses[0]  # trained in place: the second goes on
+    with first.scope():
+        torch.testing.assert_close(model.score.weight, first.module_state["score.weight"])
+    torch.testing.assert_close(model.score.weight, second.module_state["score.weight"])
+
+    model.load_state_dict(initial)
+    options = {"num_steps": 5, "num_samples": 4, "grad_draws": 2, "progress": False}
+    forward = compare(model, data, test, ["enum", "hard-enum"], **options)
+    backward = compare(model, data, test, ["hard-enum", "enum"], **options)
+    scores = {row["method"]: row["heldout_log_lik"] for row in forward.rows}
+    for row in backward.rows:
+        assert row["heldout_log_lik"] == pytest.approx(scores[row["method"]], abs=1e-6)
+    for name, value in model.state_dict().items():  # compare() leaves the model as it was
+        torch.testing.assert_close(value, initial[name])
+
+
+# ----------------------------------------------------------------------------- bad input
+def counts_with_subsampling(counts, subsample_size=None):
+    weights = pyro.sample("weights", dist.Dirichlet(counts.new_ones(3)))
+    rates = pyro.sample("rates", dist.Gamma(counts.new_full((3,), 2.0), 0.5).to_event(1))
+    with pyro.plate("data", counts.shape[0], subsample_size=subsample_size, dim=-1) as idx:
+        z = alignment("z", weights.log())
+        pyro.sample("obs", dist.Poisson(attend(rates, z, event_dim=0)), obs=counts[idx])
+
+
+def test_subsample_size_needs_a_model_that_takes_it():
+    with pytest.raises(ValueError, match=r"model\(data, \*, subsample_size=None\)"):
+        fit(poisson_mixture, poisson_data(60), "enum", num_steps=2, subsample_size=10)
+    result = fit(counts_with_subsampling, poisson_data(60), "enum", num_steps=2,
+                 subsample_size=10, progress=False)
+    assert result.points_seen == 20
+
+
+def test_default_methods_with_subsample_size_are_those_that_can_use_it():
+    result = compare(counts_with_subsampling, poisson_data(60), poisson_data(30, 1),
+                     subsample_size=20, num_steps=2, num_samples=4, grad_draws=2, progress=False)
+    names = {row["method"] for row in result.rows}
+    assert "enum" in names and not {"rws", "nuts"} & names and not result.failed
+
+
+def test_a_method_that_learns_nothing_gets_an_error_row():
+    class NaNLoss(Exploding):
+        name = "nan-loss"
+
+        def loss(self, max_plate_nesting=None):
+            class Nan(TraceMeanField_ELBO):
+                def loss_and_grads(self, *args, **kwargs):
+                    return float("nan")
+
+            return Nan()
+
+    data = load_gmm2d()
+    result = compare(BayesianGMM(2, 2), data.train, data.test, [NaNLoss(), "em"],
+                     num_steps=3, num_samples=4, progress=False)
+    assert result.failed == ["nan-loss"]
+    assert result.rows[0]["status"].startswith("error: NonFiniteLossError: nan-loss on gmm")
+    assert result.rows[0]["heldout_log_lik"] is None
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.tensor([1.0, float("nan"), 2.0]), "NaN or inf"),
+        (torch.tensor([]), "no data points"),
+        (torch.tensor([1.0, -2.0, 3.0]), r"(?s)the model fails on this data.*support"),
+    ],
+)
+def test_bad_held_out_data_is_refused_before_any_training(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        compare(poisson_mixture, poisson_data(40), bad, ["enum"], out=tmp_path / "o",
+                progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_batches_need_a_model_that_builds_its_plates_per_batch():
+    data = poisson_data(60)
+    with pytest.raises(ValueError, match="define create_plates"):
+        fit(poisson_mixture, data, "enum", batches=[data[:30], data[30:]], num_steps=2)
+
+
+def test_the_model_check_draws_a_number_no_dim_of_the_model_has():
+    def two_rates(counts):  # indexes the rates' first dim: not batch-safe, and K == 2
+        rates = pyro.sample("rates", dist.Gamma(counts.new_full((2,), 2.0), 0.5).to_event(1))
+        both = torch.stack([rates[0], rates[1]])
+        with pyro.plate("data", counts.shape[0], dim=-1):
+            z = alignment("z", counts.new_zeros(2))
+            pyro.sample("obs", dist.Poisson(attend(both, z, event_dim=0)), obs=counts)
+
+    with pytest.raises(ValueError, match="cannot score this model"):
+        check_model(FunctionModel(two_rates), poisson_data(40))
+
+
+def test_fit_refuses_options_its_runner_does_not_take():
+    data = load_gmm2d().train
+    with pytest.raises(ValueError, match="takes no option num_steps"):
+        fit(BayesianGMM(2, 2), data, "cavi", num_steps=10)
+    with pytest.raises(ValueError, match="takes no option checkpoint"):
+        fit(BayesianGMM(2, 2), data, "nuts", checkpoint="x.pt")
+    with pytest.raises(ValueError, match="lr or optim, not both"):
+        fit(BayesianGMM(2, 2), data, "enum", lr=0.1, optim=pyro.optim.Adam({"lr": 0.01}))
+
+
+def test_checkpoints_of_other_data_or_no_checkpoint_are_refused(tmp_path):
+    data = load_gmm2d().train
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="is not a checkpoint of fit"):
+        fit(BayesianGMM(2, 2), data, "enum", num_steps=2, checkpoint=junk, progress=False)
+    path = tmp_path / "run.pt"
+    fit(BayesianGMM(2, 2), data, "enum", num_steps=2, checkpoint=path, progress=False)
+    with pytest.raises(ValueError, match="written for 800 data points, not 400"):
+        fit(BayesianGMM(2, 2), data[:400], "enum", num_steps=4, checkpoint=path, progress=False)
+
+
+def test_bad_compare_arguments_are_refused():
+    data = load_gmm2d()
+    with pytest.raises(ValueError, match="methods must be a list"):
+        compare(BayesianGMM(2, 2), data.train, data.test, "enum")
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        compare(BayesianGMM(2, 2), data.train, data.test, ["em"], seed="a")
+    with pytest.raises(ValueError, match="without commas or spaces"):
+        register_method("bad name", InferenceMethod)
+
+
+def test_trees_name_the_observed_site(tmp_path):
+    compare(linear_regression, regression_data(60), regression_data(30, 1), ["svi"],
+            num_steps=3, num_samples=30, grad_draws=2, out=tmp_path, progress=False)
+    tree = load_datatree(tmp_path / "svi.nc")
+    assert list(tree.log_likelihood.data_vars) == ["y"]
+    assert list(tree.observed_data.data_vars) == ["y"]
+    assert tree.observed_data["y"].shape == (60,)

@@ -36,6 +36,7 @@ from zoo import (
 from pyro_attention.data import get_task, load_gmm2d, make_alignment_dataset
 from pyro_attention.infer import CAVI, EM, NUTS, Dirichlet, fit, get_method, method_names
 from pyro_attention.infer.compare import evaluate_fit
+from pyro_attention.infer.fit import runner_options
 from pyro_attention.models import BayesianGMM, BernoulliMixture, LatentAlignmentSeq2Seq
 
 Case = tuple[Callable[[], Any], Any, Any]
@@ -117,7 +118,9 @@ def run_cell(method_name: str, model_name: str) -> tuple[str, str]:
     model = make()
     method = FAST[method_name]() if method_name in FAST else get_method(method_name)
     try:
-        fitted = fit(model, train, method, num_steps=2, progress=False, seed=0)
+        options = {"num_steps": 2, "progress": False, "seed": 0}
+        accepted = {k: v for k, v in options.items() if k in runner_options(method)}
+        fitted = fit(model, train, method, **accepted)
     except ValueError as err:
         return "refused", str(err)
     row, _, _ = evaluate_fit(model, fitted, train, test, num_samples=3, grad_draws=2,

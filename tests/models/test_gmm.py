@@ -13,6 +13,7 @@ from pyro_attention.data import load_gmm2d
 from pyro_attention.handlers import enumerate_alignments
 from pyro_attention.infer import NUTS, fit, get_method
 from pyro_attention.infer.evaluate import log_predictive_density, pointwise_log_likelihood
+from pyro_attention.infer.fit import runner_options
 from pyro_attention.models import BayesianGMM
 
 
@@ -89,7 +90,9 @@ FLOORS = {
 def test_every_method_runs_and_learns(device, method):
     data = load_gmm2d(device=device)
     gmm = BayesianGMM(4, 2)
-    result = fit(gmm, data.train, method, num_steps=60, progress=False, seed=0)
+    options = {"num_steps": 60, "progress": False, "seed": 0}
+    accepted = runner_options(get_method(method))
+    result = fit(gmm, data.train, method, **{k: v for k, v in options.items() if k in accepted})
     draws = result.draws(50)
     ll = pointwise_log_likelihood(gmm.model, draws.samples, data.test, max_plate_nesting=1)
     assert ll.shape == (draws.samples["weights"].shape[0], 400)
@@ -110,8 +113,8 @@ def test_enum_cavi_nuts_agree_on_held_out(device):
         ("enum", get_method("enum")),
         ("nuts", NUTS(num_samples=60, warmup_steps=60, num_chains=1)),
     ]:
-        pyro.clear_param_store()
-        result = fit(gmm, data.train, method, num_steps=800, progress=False)
+        steps = {"num_steps": 800} if method.runner == "svi" else {}
+        result = fit(gmm, data.train, method, progress=False, **steps)
         draws = result.draws(60)
         ll = pointwise_log_likelihood(gmm.model, draws.samples, data.test, max_plate_nesting=1)
         scores[name] = log_predictive_density(ll)
