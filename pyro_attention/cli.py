@@ -220,7 +220,12 @@ def _sla(args: argparse.Namespace) -> int:
 
 
 def _device(name: str) -> torch.device:
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a torch device; use cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: this command runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda was given but no CUDA device is available")
     return device

@@ -130,3 +130,10 @@ def test_cli_reports_bad_method(tmp_path, capsys):
     )
     assert code == 2
     assert "unknown inference method 'magic'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["tpu", "meta"])
+def test_cli_refuses_a_bad_device(tmp_path, capsys, name):
+    code = main(["compare", "gmm", "--device", name, "--out", str(tmp_path), "--no-progress"])
+    assert code == 2
+    assert f"--device '{name}'" in capsys.readouterr().err
