@@ -148,11 +148,19 @@ def _soft_log_lik(model: Callable, data: Any) -> torch.Tensor:
     return sum((s["log_prob"].sum() for s in observed_sites(trace)), torch.zeros(()))
 
 
+def _guide_kind(method: InferenceMethod) -> str | None:
+    """What the method's guide does with the alignments (None: it has no guide)."""
+    try:
+        return method.guide_spec().kind
+    except ValueError:
+        return None
+
+
 def _guide_logits(
     method: InferenceMethod, guide: Callable | None, data: Any, prior: torch.Tensor
 ) -> torch.Tensor | None:
     """Logits of the method's categorical q(z), or None when it has none."""
-    kind = method.alignment_guide
+    kind = _guide_kind(method)
     if kind == "prior":
         return prior
     if guide is None or kind not in ("categorical", "enumerated", "relaxed"):
@@ -185,7 +193,7 @@ def score_alignments(
         raise ValueError(f"k must be >= 1, got {k}")
     scores = AlignmentScores(k=k)
     nesting = model_obj.max_plate_nesting
-    soft = method.alignment_guide == "deterministic"  # soft attention: its own likelihood
+    soft = _guide_kind(method) == "deterministic"  # soft attention: its own likelihood
     predictive = method.predictive(model_obj.model)
     for batch in batches:
         batch = model_obj.check_data(batch)
