@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pyro
 import pytest
 import torch
@@ -13,6 +15,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="cpu",
         help="torch device the tests put their tensors on (cpu or cuda)",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # one intra-op thread: these models are small, and on a busy 2-core machine torch's default
+    # threads fighting each other made steps many times slower (PYRO_ATTENTION_TEST_THREADS=N
+    # to change it)
+    torch.set_num_threads(int(os.environ.get("PYRO_ATTENTION_TEST_THREADS", "1")))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
