@@ -28,7 +28,12 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_attention.infer.results import PosteriorDraws
 from pyro_attention.models.base import AlignmentModel
-from pyro_attention.models.structure import ModelStructure, inspect_model, trace_model
+from pyro_attention.models.structure import (
+    ModelStructure,
+    check_nesting,
+    inspect_model,
+    trace_model,
+)
 from pyro_attention.traces import local_log_joint, own_param_store, site_dist, site_value
 
 _PARTICLES = "_particles"
@@ -194,12 +199,7 @@ def check_model(model_obj: AlignmentModel, data: Any) -> ModelStructure:
     """
     data = model_obj.check_data(data)
     structure = inspect_model(model_obj, data)
-    if structure.max_plate_nesting > model_obj.max_plate_nesting:
-        raise ValueError(
-            f"{structure.model} nests {structure.max_plate_nesting} plates but declares "
-            f"max_plate_nesting={model_obj.max_plate_nesting}; set the class attribute "
-            f"max_plate_nesting = {structure.max_plate_nesting}"
-        )
+    check_nesting(model_obj, structure)
     first = trace_model(model_obj, data)
     num = _size_not_in(first)  # a draw dimension no dim of the model can be mistaken for
     draws = [first] + [trace_model(model_obj, data) for _ in range(num - 1)]

@@ -40,7 +40,7 @@ from pyro_attention.infer.results import (
     own_param_store,
 )
 from pyro_attention.models.base import AlignmentModel, as_model
-from pyro_attention.models.structure import ModelStructure, inspect_model
+from pyro_attention.models.structure import ModelStructure, check_nesting, inspect_model
 
 Runner = Callable[..., FitResult]
 
@@ -85,7 +85,7 @@ def fit(
         raise ValueError("pass either batches or subsample_size, not both")
     data = model_obj.check_data(data)
     structure = inspect_model(model_obj, data)
-    _check_nesting(model_obj, structure)
+    check_nesting(model_obj, structure)
     method.check(structure, subsample_size=options.get("subsample_size"))
     with own_param_store() as params:
         try:
@@ -102,15 +102,6 @@ def fit(
 def runner_options(method: InferenceMethod) -> frozenset[str]:
     """The options :func:`fit` accepts for ``method``."""
     return RUNNER_OPTIONS[method.runner]
-
-
-def _check_nesting(model_obj: AlignmentModel, structure: ModelStructure) -> None:
-    if structure.max_plate_nesting > model_obj.max_plate_nesting:
-        raise ValueError(
-            f"{structure.model} nests {structure.max_plate_nesting} plates but declares "
-            f"max_plate_nesting={model_obj.max_plate_nesting}; set the class attribute "
-            f"max_plate_nesting = {structure.max_plate_nesting}"
-        )
 
 
 def _check_checkpoint_path(path: Path) -> None:

@@ -123,3 +123,13 @@ def inspect_model(model_obj: AlignmentModel | Callable[..., Any], data: Any) -> 
         accepts_subsample_size=model_obj.accepts_subsample_size(),
         max_plate_nesting=plate_nesting(trace),
     )
+
+
+def check_nesting(model_obj: AlignmentModel, structure: ModelStructure) -> None:
+    """Refuse a model whose plates nest deeper than its ``max_plate_nesting`` says."""
+    if structure.max_plate_nesting > model_obj.max_plate_nesting:
+        raise ValueError(
+            f"{structure.model} nests {structure.max_plate_nesting} plates but declares "
+            f"max_plate_nesting={model_obj.max_plate_nesting}; set the class attribute "
+            f"max_plate_nesting = {structure.max_plate_nesting}"
+        )

@@ -44,7 +44,7 @@ from pyro_attention.infer.evaluate import check_model, pointwise_log_likelihood
 from pyro_attention.infer.fit import mcmc_diagnostics
 from pyro_attention.infer.registry import applicable_methods, unregister_method
 from pyro_attention.infer.score_function_kl import ScoreFunctionKL_ELBO
-from pyro_attention.models import BayesianGMM, FunctionModel, as_model
+from pyro_attention.models import AlignmentModel, BayesianGMM, FunctionModel, as_model
 from pyro_attention.models.structure import inspect_model
 
 WARMUP = Path(__file__).with_name("warmup_method.py")
@@ -628,3 +628,20 @@ def test_trees_name_the_observed_site(tmp_path):
     assert list(tree.log_likelihood.data_vars) == ["y"]
     assert list(tree.observed_data.data_vars) == ["y"]
     assert tree.observed_data["y"].shape == (60,)
+
+
+def test_a_model_nesting_more_plates_than_it_declares_is_refused():
+    class TwoPlates(AlignmentModel):
+        name = "two-plates"  # declares the default max_plate_nesting = 1
+
+        def model(self, data):
+            loc = pyro.sample("loc", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
+            with pyro.plate("rows", data.shape[0], dim=-2), pyro.plate("cols", data.shape[1]):
+                z = alignment("z", data.new_zeros(2))
+                pyro.sample("x", dist.Normal(attend(loc, z, event_dim=0), 1.0), obs=data)
+
+    data = torch.randn(6, 3)
+    with pytest.raises(ValueError, match="nests 2 plates but declares max_plate_nesting=1"):
+        fit(TwoPlates(), data, "enum", num_steps=2)
+    with pytest.raises(ValueError, match="max_plate_nesting = 2"):
+        check_model(TwoPlates(), data)
