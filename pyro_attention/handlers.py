@@ -11,6 +11,8 @@ distribution over the same choice, so one model serves every inference method:
 * :class:`dirichlet` — ``z`` becomes a point on the simplex,
   :math:`z \\sim \\mathrm{Dir}(c K \\,\\mathrm{softmax}(\\ell))` (Deng et al. 2018, §3).
 * :func:`enumerate_alignments` — every alignment site marked for Pyro's parallel enumeration.
+* :class:`gp_mean` — every GP noise site (:func:`~pyro_attention.gp.gp_noise`) set to 0, so a
+  sparse-GP layer outputs its posterior mean: the point-estimate kernel attention.
 
 Example::
 
@@ -30,6 +32,7 @@ from pyro.poutine.runtime import InferDict, Message
 
 from pyro_attention.alignment import is_alignment_site
 from pyro_attention.distributions import ClampedDirichlet
+from pyro_attention.gp import is_gp_noise_site
 
 
 def enumerate_alignments(model: Callable) -> Callable:
@@ -136,3 +139,25 @@ class dirichlet(_AlignmentRewriter):
         probs = _probs(fn)
         alpha = (self.concentration * probs.shape[-1] * probs).clamp(min=MIN_CONCENTRATION)
         msg["fn"] = ClampedDirichlet(alpha, validate_args=False)
+
+
+class gp_mean(Messenger):
+    """Set every GP noise site to 0: a Gaussian-process layer then outputs its posterior mean
+    :math:`m(u)`, a deterministic (point-estimate) kernel attention.
+
+    The site becomes an observed ``Delta`` at 0 (log-density 0, marked ``_deterministic``), so it
+    adds nothing to any objective and the guide need not sample it.
+    """
+
+    def _pyro_sample(self, msg: Message) -> None:
+        if not is_gp_noise_site(msg):
+            return
+        fn = msg["fn"]
+        zero = fn.mean if isinstance(fn, dist.Distribution) else None
+        if not isinstance(zero, torch.Tensor):
+            raise ValueError(f"GP noise site {msg['name']!r} has no mean to fix it at")
+        event_dim = len(getattr(fn, "event_shape", ()))
+        msg["fn"] = dist.Delta(torch.zeros_like(zero), event_dim=event_dim)
+        msg["value"] = torch.zeros_like(zero)
+        msg["is_observed"] = True
+        msg["infer"] = {**(msg["infer"] or {}), "_deterministic": True}

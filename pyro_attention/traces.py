@@ -14,6 +14,8 @@ from pyro.params.param_store import StateDict
 from pyro.poutine.runtime import Message
 from pyro.poutine.util import site_is_subsample
 
+from pyro_attention.gp import is_variational_term
+
 
 def site_dist(site: Message) -> Any:
     """The distribution of a sample site (Pyro types it as any callable)."""
@@ -46,13 +48,15 @@ def guide_and_model_traces(
 
 
 def observed_sites(trace: poutine.Trace) -> list[Message]:
-    """The observed sample sites of ``trace`` (not those made deterministic by a handler)."""
+    """The observed sample sites of ``trace`` (not those made deterministic by a handler, nor
+    variational terms)."""
     return [
         site
         for site in trace.nodes.values()
         if site["type"] == "sample"
         and site["is_observed"]
         and not site_infer(site).get("_deterministic")
+        and not is_variational_term(site)
     ]
 
 
@@ -63,7 +67,9 @@ def local_log_joint(
 
     Run on a trace made under ``poutine.enum`` (after ``trace.compute_log_prob()``), it is
     :math:`\\log p(x, z \\mid \\theta)` for every enumerated value of every alignment, with the
-    enumeration dims on the left of the plate dims.
+    enumeration dims on the left of the plate dims. Variational terms
+    (:func:`~pyro_attention.gp.variational_term`) belong to an ELBO, not to the likelihood, and
+    are left out.
 
     :param trace: the enumerated trace.
     :param exclude: sites to leave out (e.g. the conditioned globals).
@@ -73,6 +79,8 @@ def local_log_joint(
     keep: torch.Tensor | None = None
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or name in exclude or site_is_subsample(site):
+            continue
+        if is_variational_term(site):
             continue
         if site["is_observed"] or site_infer(site).get("_enumerate_dim") is not None:
             total = total + site["log_prob"]

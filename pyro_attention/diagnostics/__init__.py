@@ -1,6 +1,26 @@
-"""Diagnostics: the ArviZ bridge (DataTree, netCDF) and the PSIS k-hat of importance weights."""
+"""Diagnostics: the ArviZ bridge (DataTree, netCDF), the PSIS k-hat of importance weights, and
+calibration, OOD and true-posterior metrics of a classifier's probabilities."""
 
 from pyro_attention.diagnostics.arviz import load_datatree, save_datatree, to_datatree
+from pyro_attention.diagnostics.calibration import (
+    classification_metrics,
+    mean_and_error,
+    ood_detection,
+    ood_scores,
+    reliability_bins,
+    true_posterior_metrics,
+)
 from pyro_attention.diagnostics.psis import psis_khat
 
-__all__ = ["load_datatree", "psis_khat", "save_datatree", "to_datatree"]
+__all__ = [
+    "classification_metrics",
+    "load_datatree",
+    "mean_and_error",
+    "ood_detection",
+    "ood_scores",
+    "psis_khat",
+    "reliability_bins",
+    "save_datatree",
+    "to_datatree",
+    "true_posterior_metrics",
+]

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import torch
 from matplotlib.figure import Figure
 
 from pyro_attention._io import atomic_path
@@ -133,4 +134,80 @@ def plot_token_objectives(comparison: Any) -> Figure:
     if ax.lines:
         ax.set_ylim(bottom=max(min(lows), -10.0))
         ax.legend(fontsize=8)
+    return fig
+
+
+def plot_reliability(
+    curves: dict[str, dict[str, torch.Tensor]], path: Path | None = None
+) -> Figure:
+    """Reliability diagrams of the top-1 predictions, one panel per method.
+
+    Bars show the accuracy of each confidence bin over the bin's width, dots the bin's mean
+    confidence against its accuracy, the dashed diagonal perfect calibration; the title gives
+    the ECE, ``sum(count * |accuracy - confidence|) / N``. The extra bin of confidences exactly
+    1.0 (torchmetrics' binning) is the narrow orange bar right of 1.
+
+    :param curves: ``{method: reliability_bins(probs, labels)}`` (see
+        :func:`~pyro_attention.diagnostics.calibration.reliability_bins`).
+    :param path: if given, the figure is also written there as PNG.
+    :raises ValueError: ``curves`` is empty or an entry lacks a key of ``reliability_bins``.
+    """
+    if not curves:
+        raise ValueError("curves is empty; pass {method: reliability_bins(probs, labels)}")
+    num = len(curves)
+    cols = min(4, num)
+    rows = math.ceil(num / cols)
+    fig = Figure(figsize=(3.2 * cols, 3.3 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, (name, bins) in zip(axes.flat, curves.items(), strict=False):
+        missing = {"confidence", "accuracy", "count", "edges"} - set(bins)
+        if missing:
+            raise ValueError(
+                f"curves[{name!r}] lacks {sorted(missing)}; build it with reliability_bins()"
+            )
+        edges, conf, acc, count = (
+            bins[key].detach().to(device="cpu", dtype=torch.float64).tolist()
+            for key in ("edges", "confidence", "accuracy", "count")
+        )
+        n_bins = len(edges) - 1
+        ece = sum(c * abs(a - p) for c, a, p in zip(count, acc, conf, strict=True)) / max(
+            sum(count), 1.0
+        )
+        full = [b for b in range(n_bins) if count[b] > 0]
+        ax.bar(
+            [edges[b] for b in full],
+            [acc[b] for b in full],
+            width=[edges[b + 1] - edges[b] for b in full],
+            align="edge",
+            color="tab:blue",
+            alpha=0.7,
+            edgecolor="black",
+            linewidth=0.5,
+            label="accuracy",
+        )
+        if count[n_bins] > 0:
+            ax.bar(
+                1.0,
+                acc[n_bins],
+                width=0.3 / n_bins,
+                align="edge",
+                color="tab:orange",
+                edgecolor="black",
+                linewidth=0.5,
+                label="confidence = 1",
+            )
+        shown = [*full, *([n_bins] if count[n_bins] > 0 else [])]
+        ax.plot([conf[b] for b in shown], [acc[b] for b in shown], "o", ms=3, color="tab:red")
+        ax.plot([0.0, 1.0], [0.0, 1.0], "k--", lw=1)
+        ax.set_xlim(0.0, 1.0 + 0.35 / n_bins)
+        ax.set_ylim(0.0, 1.0)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{name}: ECE {ece:.3f} (N={int(sum(count))})", fontsize=9)
+    for ax in list(axes.flat)[num:]:
+        ax.axis("off")
+    if axes.flat[0].get_legend_handles_labels()[0]:
+        axes.flat[0].legend(fontsize=7, loc="upper left")
+    if path is not None:
+        save_figure(fig, Path(path))
     return fig

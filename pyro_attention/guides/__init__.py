@@ -7,11 +7,13 @@ from pyro_attention.guides.auto import (
     GuideSpec,
     as_guide_spec,
 )
+from pyro_attention.guides.block_mvn import AutoBlockMultivariateNormal
 
 __all__ = [
     "ALIGNMENT_GUIDE_KINDS",
     "LOCAL_KINDS",
     "AutoAlignmentGuide",
+    "AutoBlockMultivariateNormal",
     "GuideSpec",
     "as_guide_spec",
 ]

@@ -22,6 +22,12 @@
   ``dirichlet``     :math:`\\mathrm{Dir}(\\alpha_n)` (``dirichlet``)
   ==============  ============================================================================
 
+GP noise sites (:func:`~pyro_attention.gp.gp_noise`) are drawn from their own prior
+:math:`\\mathcal N(0, I)`, so they cancel from every ELBO; their event shape is the model's
+``noise_event_shape(site_name, *args, **kwargs)`` where the model has one (it changes with the
+data), else the prototype's. With ``GuideSpec(point_estimate=True)`` the globals are an
+``AutoDelta`` and the noise sites are left to the model (a MAP fit).
+
 Local parameters have the full size of each plate and are indexed by the plate's subsample,
 so the guide works with mini-batches. With an ``encoder`` the local parameters are amortized:
 ``encoder(site_name, plates, *args, **kwargs)`` returns the logits for the current subsample
@@ -48,7 +54,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
-from pyro.infer.autoguide import AutoGuide, AutoNormal
+from pyro.infer.autoguide import AutoDelta, AutoGuide, AutoNormal
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible, init_to_sample
 from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn import PyroModule, PyroParam
@@ -56,6 +62,7 @@ from pyro.poutine.runtime import InferDict
 
 from pyro_attention.alignment import is_alignment_site
 from pyro_attention.distributions import ClampedDirichlet, StraightThroughCategorical
+from pyro_attention.gp import GP_NOISE, is_gp_noise_site
 from pyro_attention.handlers import MIN_CONCENTRATION, enumerate_alignments
 from pyro_attention.traces import local_log_joint, site_dist, site_infer, site_value
 
@@ -89,6 +96,9 @@ class GuideSpec:
         the Concrete distribution.
     :param site_infer: extra ``infer`` entries for each guide alignment site (e.g. a
         baseline of :mod:`pyro_attention.infer.baselines`).
+    :param point_estimate: the global latents are points (``AutoDelta``: MAP) and GP noise sites
+        are not sampled (the method fixes them at their mean, :class:`~pyro_attention.handlers.
+        gp_mean`).
     """
 
     kind: str = "marginalized"
@@ -96,6 +106,7 @@ class GuideSpec:
     temperature: float = 0.5
     straight_through: bool = True
     site_infer: SiteInfer | None = None
+    point_estimate: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ALIGNMENT_GUIDE_KINDS:
@@ -144,6 +155,8 @@ class AutoAlignmentGuide(AutoGuide):
         posterior of its alignment given the initial globals (an E-step, by enumeration);
         ``"uniform"`` at uniform logits.
     :param create_plates: as for every Pyro autoguide, to control subsampling.
+    :param noise_event_shape: optional ``noise_event_shape(site_name, *args, **kwargs) ->
+        shape``, the event shape of a GP noise site for this call's data.
     """
 
     def __init__(
@@ -159,9 +172,12 @@ class AutoAlignmentGuide(AutoGuide):
         init_scale: float = 0.1,
         init_local: str = "posterior",
         create_plates: Callable | None = None,
+        noise_event_shape: Callable | None = None,
     ) -> None:
         super().__init__(model, create_plates=create_plates)
         self.spec = as_guide_spec(spec)
+        self.noise_event_shape = noise_event_shape
+        self.noise_sites: dict[str, dict] = {}
         self.kind = self.spec.kind
         self.local_features = local_features
         self.local_mask = local_mask
@@ -197,16 +213,25 @@ class AutoAlignmentGuide(AutoGuide):
             for name, site in self.prototype_trace.iter_stochastic_nodes()
             if is_alignment_site(site)
         }
+        self.noise_sites = {
+            name: site
+            for name, site in self.prototype_trace.iter_stochastic_nodes()
+            if is_gp_noise_site(site)
+        }
         others = [
             name
             for name, site in self.prototype_trace.iter_stochastic_nodes()
-            if name not in self.alignment_sites
+            if name not in self.alignment_sites and name not in self.noise_sites
         ]
         if others:
-            hidden = poutine.block(self.model, hide=list(self.alignment_sites))
+            hidden = poutine.block(
+                self.model, hide=list(self.alignment_sites) + list(self.noise_sites)
+            )
             factory: Any = self._global_guide_factory
             guide: Any
-            if factory is None:
+            if self.spec.point_estimate:
+                guide = AutoDelta(hidden, init_loc_fn=self._init_loc_fn)
+            elif factory is None:
                 guide = AutoNormal(
                     hidden, init_loc_fn=self._init_loc_fn, init_scale=self._init_scale
                 )
@@ -297,6 +322,9 @@ class AutoAlignmentGuide(AutoGuide):
         result: dict[str, Any] = {}
         if self.global_guide is not None:
             result.update(self.global_guide(*args, **kwargs))
+        if not self.spec.point_estimate:
+            for name, site in self.noise_sites.items():
+                result[name] = self._sample_noise(name, site, plates, args, kwargs)
         if self.kind == "prior":
             result.update(self._sample_from_prior(result, plates, args, kwargs))
         elif self.kind in LOCAL_KINDS:
@@ -307,6 +335,29 @@ class AutoAlignmentGuide(AutoGuide):
                     infer = self._infer(name, fn.batch_shape, plates, args, kwargs)
                     result[name] = pyro.sample(name, fn, infer=cast(InferDict, infer))
         return result
+
+    def _sample_noise(
+        self, name: str, site: dict, plates: dict, args: tuple, kwargs: dict
+    ) -> torch.Tensor:
+        """A GP noise site from its prior, :math:`\\mathcal N(0, I)`, inside its plates (which
+        broadcast it to this call's subsample)."""
+        value = site_value(site)
+        fn = site_dist(site)
+        event = (
+            tuple(self.noise_event_shape(name, *args, **kwargs))
+            if self.noise_event_shape is not None
+            else tuple(fn.event_shape)
+        )
+        normal = dist.Normal(value.new_zeros(()), value.new_ones(()))
+        with ExitStack() as stack:
+            for frame in site["cond_indep_stack"]:
+                if frame.vectorized:
+                    stack.enter_context(plates[frame.name])
+            return pyro.sample(
+                name,
+                normal.expand(torch.Size(event)).to_event(len(event)),
+                infer=cast(InferDict, {GP_NOISE: True}),
+            )
 
     @contextlib.contextmanager
     def _site_context(
@@ -389,11 +440,12 @@ class AutoAlignmentGuide(AutoGuide):
 
     # ------------------------------------------------------------------ helpers
     def global_site_names(self) -> list[str]:
-        """Names of the latent sites that are not alignments (after the first call)."""
+        """Names of the latent sites that are neither alignments nor GP noise (after the first
+        call)."""
         if self.prototype_trace is None:
             raise RuntimeError("call the guide once (or run a step) before asking for its sites")
         return [
             name
             for name, _ in self.prototype_trace.iter_stochastic_nodes()
-            if name not in self.alignment_sites
+            if name not in self.alignment_sites and name not in self.noise_sites
         ]

@@ -12,6 +12,7 @@ from pyro_attention.infer.fit import fit, runner_options
 from pyro_attention.infer.methods import (
     CAVI,
     EM,
+    MAP,
     NUTS,
     RWS,
     Dirichlet,
@@ -22,6 +23,7 @@ from pyro_attention.infer.methods import (
     HardEnum,
     HardSample,
     InferenceMethod,
+    MeanFieldSVI,
     Reinforce,
     ReparamSVI,
     Requirement,
@@ -41,6 +43,7 @@ from pyro_attention.infer.results import FitResult, NonFiniteLossError, Posterio
 __all__ = [
     "CAVI",
     "EM",
+    "MAP",
     "NUTS",
     "RWS",
     "Baseline",
@@ -55,6 +58,7 @@ __all__ = [
     "HardEnum",
     "HardSample",
     "InferenceMethod",
+    "MeanFieldSVI",
     "NeuralBaseline",
     "NonFiniteLossError",
     "PosteriorDraws",

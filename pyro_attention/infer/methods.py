@@ -42,6 +42,9 @@ name           what happens to the alignment ``z``     objective / Pyro loss
 ``em``         expectation-maximisation                maximum likelihood
 ``nuts``       enumerated; globals by NUTS             MCMC
 ``svi``        no alignments (continuous latents)      ``Trace_ELBO``, pathwise
+``svi-kl``     no alignments (continuous latents)      ``TraceMeanField_ELBO``: closed-form KLs
+``map``        no alignments; globals as points,       ``Trace_ELBO`` of a point: log joint
+               GP noise at its mean
 =============  ======================================  ==========================================
 """
 
@@ -78,6 +81,7 @@ OBJECTIVES = (
     "relaxed-model ELBO",
     "soft-model ELBO",
     "log-likelihood",
+    "log-joint",
     "none",
 )
 
@@ -536,6 +540,41 @@ class ReparamSVI(InferenceMethod):
 
     name = "svi"
     requires = (NO_DISCRETE_LATENTS,)
+
+    def loss(self, max_plate_nesting: int | None = None) -> ELBO:
+        return Trace_ELBO(max_plate_nesting=_nesting(max_plate_nesting))
+
+
+class MeanFieldSVI(ReparamSVI):
+    """:class:`ReparamSVI` with ``TraceMeanField_ELBO``: the KL of every latent whose guide and
+    prior have a closed-form KL (Gaussians, the GP inducing outputs) is exact, the rest sampled;
+    lower variance than ``svi`` on the same ELBO."""
+
+    name = "svi-kl"
+
+    def loss(self, max_plate_nesting: int | None = None) -> ELBO:
+        return TraceMeanField_ELBO(max_plate_nesting=_nesting(max_plate_nesting))
+
+
+class MAP(InferenceMethod):
+    """Maximum a posteriori globals (``AutoDelta``) with the networks by maximum likelihood;
+    GP noise at zero (:class:`~pyro_attention.handlers.gp_mean`), so a sparse-GP attention layer
+    is the point-estimate kernel attention and a model without latents is fitted by maximum
+    likelihood. The objective is :math:`\\log p(y, \\theta)`, the fit a point."""
+
+    name = "map"
+    objective = "log-joint"
+    requires = (NO_DISCRETE_LATENTS,)
+    point_estimate = True
+
+    def prepare(self, model: Callable) -> Callable:
+        return handlers.gp_mean()(model)
+
+    def predictive(self, model: Callable) -> Callable:
+        return handlers.gp_mean()(model)
+
+    def guide_spec(self) -> GuideSpec:
+        return GuideSpec(kind=self.alignment_guide, point_estimate=True)
 
     def loss(self, max_plate_nesting: int | None = None) -> ELBO:
         return Trace_ELBO(max_plate_nesting=_nesting(max_plate_nesting))

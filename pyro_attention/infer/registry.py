@@ -34,6 +34,8 @@ _REGISTRY: dict[str, Callable[..., m.InferenceMethod]] = {
     "gumbel": m.Gumbel,
     "dirichlet": m.Dirichlet,
     "svi": m.ReparamSVI,
+    "svi-kl": m.MeanFieldSVI,
+    "map": m.MAP,
     "cavi": m.CAVI,
     "em": m.EM,
     "nuts": m.NUTS,

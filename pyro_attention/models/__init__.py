@@ -14,6 +14,7 @@ from pyro_attention.models.base import (
 from pyro_attention.models.bernoulli_mixture import BernoulliMixture
 from pyro_attention.models.gmm import BayesianGMM
 from pyro_attention.models.gmm_conjugate import GMMPrior
+from pyro_attention.models.gp_attention import GPAttentionClassifier
 from pyro_attention.models.seq2seq import LatentAlignmentSeq2Seq
 from pyro_attention.models.structure import ModelStructure, inspect_model
 
@@ -24,6 +25,7 @@ __all__ = [
     "ClosedFormResult",
     "FunctionModel",
     "GMMPrior",
+    "GPAttentionClassifier",
     "LatentAlignmentSeq2Seq",
     "ModelStructure",
     "PointMixtureModel",

@@ -19,6 +19,7 @@ defaults:
                                ``AutoLowRankMultivariateNormal`` or a factory ``model -> guide``)
 ``create_plates``,             for data whose plate sizes change between calls, and for models
 ``local_mask``                 that mask their alignment sites
+``noise_event_shape``          the event shape of a GP noise site for this call's data
 =============================  ================================================================
 
 A plain Pyro model function becomes a model with :class:`FunctionModel` (or :func:`as_model`).
@@ -108,6 +109,7 @@ class AlignmentModel(PyroModule):
             local_features=self._local_features_or_none(),
             local_mask=getattr(self, "local_mask", None),
             create_plates=getattr(self, "create_plates", None),
+            noise_event_shape=getattr(self, "noise_event_shape", None),
         )
 
     def model(self, *args: Any, **kwargs: Any) -> None:
