@@ -22,11 +22,12 @@ inducing outputs :math:`u`, drawn by reparameterisation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.poutine.runtime import InferDict
 
 #: ``infer`` key of a reparameterised standard-normal noise site (:func:`gp_noise`)
 GP_NOISE = "gp_noise"
@@ -47,7 +48,7 @@ def gp_noise(name: str, shape: Sequence[int], like: torch.Tensor, event_dim: int
     if event_dim < 0 or event_dim > len(shape):
         raise ValueError(f"event_dim must lie in [0, {len(shape)}], got {event_dim}")
     fn = dist.Normal(like.new_zeros(()), like.new_ones(())).expand(torch.Size(shape))
-    return pyro.sample(name, fn.to_event(event_dim), infer={GP_NOISE: True})
+    return pyro.sample(name, fn.to_event(event_dim), infer=cast(InferDict, {GP_NOISE: True}))
 
 
 def variational_term(name: str, value: torch.Tensor) -> None:
@@ -58,7 +59,10 @@ def variational_term(name: str, value: torch.Tensor) -> None:
     """
     unit = dist.Unit(value)
     pyro.sample(
-        name, unit, obs=unit.sample(), infer={"is_auxiliary": True, VARIATIONAL_TERM: True}
+        name,
+        unit,
+        obs=unit.sample(),
+        infer=cast(InferDict, {"is_auxiliary": True, VARIATIONAL_TERM: True}),
     )
 
 

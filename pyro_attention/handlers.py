@@ -153,7 +153,7 @@ class gp_mean(Messenger):
         if not is_gp_noise_site(msg):
             return
         fn = msg["fn"]
-        zero = fn.mean if isinstance(fn, dist.Distribution) else None
+        zero = getattr(fn, "mean", None)
         if not isinstance(zero, torch.Tensor):
             raise ValueError(f"GP noise site {msg['name']!r} has no mean to fix it at")
         event_dim = len(getattr(fn, "event_shape", ()))

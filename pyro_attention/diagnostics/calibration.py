@@ -79,10 +79,10 @@ The bins are those of torchmetrics (1.9), which differ in three details from the
    float64 bins :math:`e_3 = 0.30000000000000004`, so a probability of 0.3 lands in bin 2.
 
 The top-1 confidences are cast to float32 before binning whatever the input dtype (torchmetrics'
-multiclass update does this), so a float64 confidence within about ``6e-8`` of one counts as
-``1.0``; the all-class pairs are binned in the input dtype. Empty bins report confidence and
-accuracy 0 and weigh nothing. :func:`reliability_bins` reproduces this binning exactly, so the
-ECE computed from its bins equals :func:`classification_metrics`' ``ece``.
+multiclass update does this), so a float64 confidence within ``2**-25`` (about 3e-8) of one
+counts as ``1.0``; the all-class pairs are binned in the input dtype. Empty bins report
+confidence and accuracy 0 and weigh nothing. :func:`reliability_bins` reproduces this binning
+exactly, so the ECE computed from its bins equals :func:`classification_metrics`' ``ece``.
 
 Example::
 

@@ -197,7 +197,14 @@ def plot_reliability(
                 label="confidence = 1",
             )
         shown = [*full, *([n_bins] if count[n_bins] > 0 else [])]
-        ax.plot([conf[b] for b in shown], [acc[b] for b in shown], "o", ms=3, color="tab:red")
+        ax.plot(
+            [conf[b] for b in shown],
+            [acc[b] for b in shown],
+            "o",
+            ms=3,
+            color="tab:red",
+            label="mean confidence",
+        )
         ax.plot([0.0, 1.0], [0.0, 1.0], "k--", lw=1)
         ax.set_xlim(0.0, 1.0 + 0.35 / n_bins)
         ax.set_ylim(0.0, 1.0)

@@ -58,7 +58,7 @@ from pyro.infer.autoguide import AutoDelta, AutoGuide, AutoNormal
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible, init_to_sample
 from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn import PyroModule, PyroParam
-from pyro.poutine.runtime import InferDict
+from pyro.poutine.runtime import InferDict, Message
 
 from pyro_attention.alignment import is_alignment_site
 from pyro_attention.distributions import ClampedDirichlet, StraightThroughCategorical
@@ -341,8 +341,8 @@ class AutoAlignmentGuide(AutoGuide):
     ) -> torch.Tensor:
         """A GP noise site from its prior, :math:`\\mathcal N(0, I)`, inside its plates (which
         broadcast it to this call's subsample)."""
-        value = site_value(site)
-        fn = site_dist(site)
+        value = site_value(cast(Message, site))
+        fn = site_dist(cast(Message, site))
         event = (
             tuple(self.noise_event_shape(name, *args, **kwargs))
             if self.noise_event_shape is not None

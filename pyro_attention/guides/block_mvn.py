@@ -29,7 +29,7 @@ from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn import PyroModule, PyroParam
 
 
-def _base_mvn(fn: Any) -> dist.MultivariateNormal | None:
+def _base_mvn(fn: Any) -> torch.distributions.MultivariateNormal | None:
     while isinstance(fn, dist.Independent | torch.distributions.Independent):
         fn = fn.base_dist
     return fn if isinstance(fn, torch.distributions.MultivariateNormal) else None

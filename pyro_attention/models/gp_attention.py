@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pyro
 import pyro.distributions as dist
@@ -140,7 +140,7 @@ class GPAttentionClassifier(AlignmentModel):
         result = fit(model, "svi-kl", task.train, num_steps=500, lr=3e-3)
     """
 
-    name: ClassVar[str] = "gp-attention"  # type: ignore[misc]
+    name: ClassVar[str] = "gp-attention"
     max_plate_nesting: ClassVar[int] = 1
     data_plate: ClassVar[str] = "data"
 
@@ -181,7 +181,9 @@ class GPAttentionClassifier(AlignmentModel):
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         self.num_classes = int(num_classes)
         self.max_len = _positive_int(max_len, "max_len")
-        self.feature_dim = None if feature_dim is None else _positive_int(feature_dim, "feature_dim")
+        self.feature_dim = (
+            None if feature_dim is None else _positive_int(feature_dim, "feature_dim")
+        )
         if vocab_size is not None and (isinstance(vocab_size, bool) or vocab_size < 2):
             raise ValueError(f"vocab_size must be an integer >= 2 (0 is padding), got {vocab_size}")
         self.vocab_size = vocab_size
@@ -248,8 +250,9 @@ class GPAttentionClassifier(AlignmentModel):
                 )
                 shape = layer.global_shape[:2]
                 globals_.append(pyro.sample(f"layer{index}.u", prior.expand(shape).to_event(2)))
-        with self.create_plates(data, subsample_size=subsample_size) as index:
-            batch = data.subset(index) if subsample_size is not None else data
+        with self.create_plates(data, subsample_size=subsample_size) as indices:
+            subsampled = subsample_size is not None
+            batch = data.subset(cast(torch.Tensor, indices)) if subsampled else data
             logits = self.logits(batch, globals_)
             pyro.sample("y", dist.Categorical(logits=logits), obs=batch.labels)
 

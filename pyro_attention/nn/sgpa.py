@@ -15,8 +15,9 @@ w_d`, :math:`L = \\mathrm{chol}(K_{kk})`, :math:`q(w_d) = \\mathcal N(L^\\top v_
 \\mathrm{diag}(s_d^2))` with :math:`s = \\mathrm{softplus}(W_s x)`. The posterior at the queries
 has mean :math:`m_d = K_{qk} v_d` and covariance :math:`\\Sigma_d = K_{qq} + K_{qk}(K_{kk}^{-1}
 S_d K_{kk}^{-1} - K_{kk}^{-1}) K_{kq}` with :math:`S_d = L\\,\\mathrm{diag}(s_d^2) L^\\top`;
-with tied projections the queries are the keys and :math:`\\Sigma_d = S_d`. Its KL per sequence
-is :math:`\\tfrac12 \\sum_{h,d} [\\lVert s_d\\rVert^2 + v_d^\\top K_{kk} v_d - T - 2\\sum\\log s_d]`.
+with tied projections the queries are the keys and :math:`\\Sigma_d = S_d`. Its KL per
+sequence is :math:`\\tfrac12 \\sum_{h,d} [\\lVert s_d\\rVert^2 + v_d^\\top K_{kk} v_d - T -
+2\\sum\\log s_d]`.
 Cost :math:`O(T^3)` per head.
 
 **Decoupled SGPA** (``variant="decoupled"``) adds :math:`M` global inducing inputs :math:`Z`
@@ -138,12 +139,15 @@ def whitened_kl(loc: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
     :param loc: ``(..., M)``; :param scale_tril: ``(..., M, M)`` lower triangular.
     """
     diag = scale_tril.diagonal(dim1=-2, dim2=-1)
-    return 0.5 * (
-        scale_tril.pow(2).sum((-2, -1))
-        + loc.pow(2).sum(-1)
-        - 2 * diag.abs().log().sum(-1)
-        - loc.shape[-1]
-    ).sum()
+    return (
+        0.5
+        * (
+            scale_tril.pow(2).sum((-2, -1))
+            + loc.pow(2).sum(-1)
+            - 2 * diag.abs().log().sum(-1)
+            - loc.shape[-1]
+        ).sum()
+    )
 
 
 class SGPAttention(nn.Module):

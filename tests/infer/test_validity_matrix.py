@@ -33,11 +33,16 @@ from zoo import (
     scale_data,
 )
 
-from pyro_attention.data import get_task, load_gmm2d, make_alignment_dataset
+from pyro_attention.data import ClassificationData, get_task, load_gmm2d, make_alignment_dataset
 from pyro_attention.infer import CAVI, EM, NUTS, Dirichlet, fit, get_method, method_names
 from pyro_attention.infer.compare import evaluate_fit
 from pyro_attention.infer.fit import runner_options
-from pyro_attention.models import BayesianGMM, BernoulliMixture, LatentAlignmentSeq2Seq
+from pyro_attention.models import (
+    BayesianGMM,
+    BernoulliMixture,
+    GPAttentionClassifier,
+    LatentAlignmentSeq2Seq,
+)
 
 Case = tuple[Callable[[], Any], Any, Any]
 
@@ -61,6 +66,20 @@ def _seq2seq() -> Case:
     return make, data.tensors("train"), data.tensors("test")
 
 
+def _gp_attention() -> Case:
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, 7, (60, 5), generator=gen)
+    mask = torch.ones(60, 5, dtype=torch.bool)
+    mask[::3, 3:] = False
+    tokens = tokens * mask
+    labels = (tokens.sum(-1) > 12).long()
+    data = ClassificationData(tokens, mask, labels, 2, vocab_size=7)
+    make = lambda: GPAttentionClassifier(  # noqa: E731
+        num_classes=2, vocab_size=7, max_len=5, d_model=4, num_heads=2, num_inducing=3
+    )
+    return make, data.subset(slice(0, 40)), data.subset(slice(40, 60))
+
+
 MODELS: dict[str, Callable[[], Case]] = {
     "gmm": _gmm,
     "bernoulli": _bernoulli,
@@ -74,6 +93,7 @@ MODELS: dict[str, Callable[[], Case]] = {
         regression_data(40, 1),
     ),
     "keyless-lookup": lambda: (KeylessLookup, lookup_data(80), lookup_data(40, 1)),
+    "gp-attention": _gp_attention,
 }
 
 #: small settings, so that every cell takes two steps (or a few iterations/draws)
@@ -84,20 +104,21 @@ FAST: dict[str, Callable[[], Any]] = {
     "dirichlet": lambda: Dirichlet(pretrain_steps=1),
 }
 
+#: methods for models whose latents are all continuous
+CONTINUOUS_ONLY = ("svi", "svi-kl", "map")
+
 #: cells that must be refused (the reason is in the message); everything else must run
 REFUSED = {
     ("nuts", "seq2seq"),  # no continuous globals, network parameters
     ("nuts", "kv-attention"),  # network parameters
     ("nuts", "scale-mixture"),  # continuous local latents
     ("nuts", "keyless-lookup"),
-    ("svi", "gmm"),
-    ("svi", "bernoulli"),
-    ("svi", "seq2seq"),
-    ("svi", "poisson-fn"),
-    ("svi", "kv-attention"),
-    ("svi", "scale-mixture"),
-    ("svi", "keyless-lookup"),
     ("cavi", "bernoulli"),
+} | {
+    (continuous, model)  # these need every latent continuous
+    for continuous in CONTINUOUS_ONLY
+    for model in ("gmm", "bernoulli", "seq2seq", "poisson-fn", "kv-attention")
+    + ("scale-mixture", "keyless-lookup")
 } | {
     (closed, model)
     for closed in ("cavi", "em")
@@ -106,7 +127,11 @@ REFUSED = {
 } | {
     (method, "regression-fn")
     for method in method_names()
-    if method not in ("svi", "nuts")
+    if method not in (*CONTINUOUS_ONLY, "nuts")
+} | {
+    (method, "gp-attention")  # no alignment; networks and continuous local noise
+    for method in method_names()
+    if method not in CONTINUOUS_ONLY
 }
 
 

@@ -215,9 +215,7 @@ def test_decoupled_posterior_is_the_orthogonally_decoupled_one(kernel):
                     + ((s_tilde.T @ lk) ** 2).sum(0)
                 )
                 np.testing.assert_allclose(mean[row, h, :, d].detach(), want_mean, atol=TOL)
-                np.testing.assert_allclose(
-                    cov[row, h, d].diagonal().detach(), want_var, atol=TOL
-                )
+                np.testing.assert_allclose(cov[row, h, d].diagonal().detach(), want_var, atol=TOL)
 
 
 def test_decoupled_kl_terms_match_the_official_formulas():
@@ -240,9 +238,7 @@ def test_decoupled_kl_terms_match_the_official_formulas():
         for d in range(layer.value_dim):
             s = q_tril[h, d].numpy()
             a_g = np.linalg.solve(chol.T, q_loc[h, d].numpy())
-            official += 0.5 * (
-                (s**2).sum() + a_g @ k_gg @ a_g - 2 * np.log(np.diag(s)).sum() - M
-            )
+            official += 0.5 * ((s**2).sum() + a_g @ k_gg @ a_g - 2 * np.log(np.diag(s)).sum() - M)
     assert abs(got.item() - official) < 1e-8
     # the amortised part, per sequence: ½ Σ_{h,d} vᵀ (K_aa − K_ag K_gg⁻¹ K_ga) v
     kl = layer.amortised_kl(tokens, mask)
