@@ -4,12 +4,14 @@
 inference method and prints/writes the comparison; ``pyro-attention compare alignment`` trains
 the latent-alignment seq2seq model on a generated task with the nine objectives of Deng et al.
 (2018); ``pyro-attention compare digits`` fits the Bernoulli mixture of binarized digits and
-compares the missing-pixel lookup; ``pyro-attention sla`` runs the stacked-attention depth
-study::
+compares the missing-pixel lookup; ``pyro-attention compare sgpa`` compares sparse-GP attention
+with softmax attention and its calibration baselines; ``pyro-attention sla`` runs the
+stacked-attention depth study::
 
     pyro-attention compare gmm --methods enum,cavi --steps 3000 --device cuda --out runs/gmm
     pyro-attention compare alignment --task dates --epochs 40 --out runs/dates
     pyro-attention compare digits --threads 1 --out runs/digits
+    pyro-attention compare sgpa --task sequence --seeds 5 --out runs/sgpa-sequence
     pyro-attention sla --depths 1,2,4,8 --out runs/sla
 """
 
@@ -29,7 +31,7 @@ import torch
 from pyro_attention._validation import check_positive_int
 from pyro_attention.infer.registry import get_method, method_names
 
-MODELS = ("gmm", "alignment", "digits")
+MODELS = ("gmm", "alignment", "digits", "sgpa")
 #: the digits comparison's default methods: closed-form EM against three gradient methods
 DIGITS_DEFAULT_METHODS = ("em", "enum", "gumbel", "reinforce")
 #: the GMM comparison's default methods: ``soft`` (one averaged Gaussian, not a mixture) and
@@ -62,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
         "model",
         choices=MODELS,
         help="gmm: Bayesian GMM on the embedded 2-D data; alignment: latent-alignment seq2seq "
-        "on a generated task (--task); digits: Bernoulli mixture on the binarized UCI digits",
+        "on a generated task (--task); digits: Bernoulli mixture on the binarized UCI digits; "
+        "sgpa: sparse-GP attention against softmax attention and calibration baselines "
+        "(--task digits or sequence)",
     )
     cmp.add_argument(
         "--methods",
@@ -71,13 +75,16 @@ def _parser() -> argparse.ArgumentParser:
         f"known: {','.join(method_names())}",
     )
     cmp.add_argument(
-        "--steps", type=int, default=None, help="SVI steps (default: gmm 1000; alignment --epochs)"
+        "--steps",
+        type=int,
+        default=None,
+        help="SVI steps (default: gmm 1000; alignment --epochs; sgpa 600 full-batch steps)",
     )
     cmp.add_argument(
         "--lr",
         type=float,
         default=None,
-        help="Adam learning rate (default: gmm 0.05, alignment 3e-3)",
+        help="Adam learning rate (default: gmm 0.05, alignment and sgpa 3e-3)",
     )
     cmp.add_argument(
         "--subsample-size",
@@ -88,21 +95,36 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument(
         "--num-samples",
         type=int,
-        default=200,
-        help="posterior draws for the held-out metric (default 200)",
+        default=None,
+        help="posterior draws for the held-out metric (default 200; sgpa 10 predictive draws)",
     )
     cmp.add_argument(
         "--components", type=int, default=None, help="mixture components (gmm 4, digits 10)"
     )
-    cmp.add_argument("--covariance", choices=("full", "diag"), default="full")
+    cmp.add_argument(
+        "--covariance",
+        choices=("full", "diag"),
+        default=None,
+        help="gmm: component covariances (default full); sgpa: the GP output noise (default "
+        "diag, marginal variances)",
+    )
     cmp.add_argument("--nuts-samples", type=int, default=150, help="NUTS draws per chain")
     cmp.add_argument("--nuts-warmup", type=int, default=150, help="NUTS warm-up per chain")
     cmp.add_argument("--nuts-chains", type=int, default=2, help="NUTS chains")
     seq = cmp.add_argument_group("alignment (seq2seq) options")
-    seq.add_argument("--task", default="dates", help="generated task: dates, translation, reverse")
+    seq.add_argument(
+        "--task",
+        default=None,
+        help="alignment: dates (default), translation, reverse; sgpa: digits (default), sequence",
+    )
     seq.add_argument("--epochs", type=float, default=25, help="training epochs (default 25)")
     seq.add_argument("--batch-size", type=int, default=32, help="examples per batch (default 32)")
-    seq.add_argument("--num-train", type=int, default=2000, help="training examples (default 2000)")
+    seq.add_argument(
+        "--num-train",
+        type=int,
+        default=None,
+        help="training examples (default: alignment 2000, sgpa 300)",
+    )
     seq.add_argument("--num-test", type=int, default=300, help="test examples (default 300)")
     seq.add_argument("--hidden", type=int, default=64, help="LSTM/MLP width (default 64)")
     seq.add_argument("--embed", type=int, default=32, help="embedding size (default 32)")
@@ -139,6 +161,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the missing-pixel lookup comparison (mixtures, transformer, neighbours)",
     )
+    gp = cmp.add_argument_group("sgpa options")
+    gp.add_argument(
+        "--seeds",
+        default="1",
+        help="N runs from --seed on (e.g. 5), or a comma-separated list (0,3,7); mean ± 2 SE",
+    )
+    gp.add_argument("--d-model", type=int, default=32, help="token width (default 32)")
+    gp.add_argument("--heads", type=int, default=2, help="attention heads (default 2)")
+    gp.add_argument("--layers", type=int, default=1, help="transformer blocks (default 1)")
+    gp.add_argument("--inducing", type=int, default=16, help="global inducing points (16)")
+    gp.add_argument("--dropout", type=float, default=0.1, help="MC dropout rate (default 0.1)")
+    gp.add_argument("--ensemble-size", type=int, default=5, help="ensemble members (default 5)")
     cmp.add_argument(
         "--import",
         dest="imports",
@@ -289,7 +323,7 @@ def _run_compare(
         num_steps=1000 if args.steps is None else args.steps,
         lr=0.05 if args.lr is None else args.lr,
         subsample_size=args.subsample_size,
-        num_samples=args.num_samples,
+        num_samples=200 if args.num_samples is None else args.num_samples,
         seed=args.seed,
         dataset=dataset,
         out=args.out,
@@ -308,9 +342,10 @@ def _compare_gmm(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype)
     data = load_gmm2d(dtype=dtype, device=device)
     dim = data.train.shape[1]
-    prior = GMMPrior.default(dim, args.covariance, dtype=dtype)
+    covariance = args.covariance or "full"
+    prior = GMMPrior.default(dim, covariance, dtype=dtype)
     components = 4 if args.components is None else args.components
-    gmm = BayesianGMM(components, dim, args.covariance, prior=prior)
+    gmm = BayesianGMM(components, dim, covariance, prior=prior)
     nuts = {
         "num_samples": args.nuts_samples,
         "warmup_steps": args.nuts_warmup,
@@ -373,7 +408,7 @@ def _compare_alignment(args: argparse.Namespace) -> int:
     device = _device(args.device)
     data = make_alignment_dataset(
         get_task(args.task),
-        num_train=args.num_train,
+        num_train=2000 if args.num_train is None else args.num_train,
         num_valid=max(1, args.num_test // 2),
         num_test=args.num_test,
         seed=args.data_seed,
@@ -418,6 +453,55 @@ def _compare_alignment(args: argparse.Namespace) -> int:
     return _finish(result, args)
 
 
+def _seeds(text: str, first: int) -> list[int]:
+    """``--seeds``: a count N (``first .. first + N - 1``) or a comma-separated list."""
+    if "," in text:
+        return _int_list(text, "--seeds")
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(f"--seeds {text!r} is neither a count nor a list like 0,1,2") from None
+    if count < 1:
+        raise ValueError(f"--seeds {count}: give at least one seed")
+    return list(range(first, first + count))
+
+
+def _compare_sgpa(args: argparse.Namespace) -> int:
+    from pyro_attention.experiments.compare_sgpa import SGPA_METHODS, SGPASettings, compare_sgpa
+
+    device = _device(args.device)
+    task = args.task or "digits"
+    settings = SGPASettings(
+        num_train=300 if args.num_train is None else args.num_train,
+        steps=600 if args.steps is None else args.steps,
+        lr=3e-3 if args.lr is None else args.lr,
+        d_model=args.d_model,
+        num_heads=args.heads,
+        num_layers=args.layers,
+        num_inducing=args.inducing,
+        covariance=args.covariance or "diag",
+        num_samples=10 if args.num_samples is None else args.num_samples,
+        dropout=args.dropout,
+        ensemble_size=args.ensemble_size,
+    )
+    if args.d_model % args.heads:
+        raise ValueError(f"--d-model {args.d_model} must be a multiple of --heads {args.heads}")
+    result = compare_sgpa(
+        task,
+        _method_names(args, SGPA_METHODS),
+        seeds=_seeds(args.seeds, args.seed),
+        settings=settings,
+        device=device,
+        dtype=getattr(torch, args.dtype),
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    print(f"sgpa on {task}: {settings.num_train} training sequences, {settings.steps} steps")
+    print(result)
+    print(f"\nwrote {len(result.files)} files to {args.out}")
+    return _finish(result, args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-attention`` console script."""
     args = _parser().parse_args(argv)
@@ -426,8 +510,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("error: --threads must be a positive integer", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
+    if args.command == "compare" and args.model == "alignment" and args.task is None:
+        args.task = "dates"
     if args.command == "compare" and args.out is None:
-        args.out = f"runs/{args.task if args.model == 'alignment' else args.model}"
+        folder = {"alignment": args.task, "sgpa": f"sgpa-{args.task or 'digits'}"}
+        args.out = f"runs/{folder.get(args.model, args.model)}"
     try:
         if args.command == "compare":
             _import_user_modules(args.imports)
@@ -437,6 +524,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare_alignment(args)
         if args.command == "compare" and args.model == "digits":
             return _compare_digits(args)
+        if args.command == "compare" and args.model == "sgpa":
+            return _compare_sgpa(args)
         if args.command == "sla":
             return _sla(args)
     except ValueError as err:

@@ -32,7 +32,7 @@ from pyro.poutine.runtime import InferDict, Message
 
 from pyro_attention.alignment import is_alignment_site
 from pyro_attention.distributions import ClampedDirichlet
-from pyro_attention.gp import is_gp_noise_site
+from pyro_attention.gp import is_gp_noise_site, is_variational_term
 
 
 def enumerate_alignments(model: Callable) -> Callable:
@@ -146,10 +146,16 @@ class gp_mean(Messenger):
     :math:`m(u)`, a deterministic (point-estimate) kernel attention.
 
     The site becomes an observed ``Delta`` at 0 (log-density 0, marked ``_deterministic``), so it
-    adds nothing to any objective and the guide need not sample it.
+    adds nothing to any objective and the guide need not sample it. Variational terms
+    (:func:`~pyro_attention.gp.variational_term`, the KL of posteriors a point estimate does not
+    have) are set to 0 too.
     """
 
     def _pyro_sample(self, msg: Message) -> None:
+        if is_variational_term(msg):
+            log_factor = cast(dist.Unit, msg["fn"]).log_factor
+            msg["fn"] = dist.Unit(torch.zeros_like(log_factor))
+            return
         if not is_gp_noise_site(msg):
             return
         fn = msg["fn"]

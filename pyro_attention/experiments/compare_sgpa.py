@@ -1,0 +1,531 @@
+"""Does sparse-GP attention calibrate a transformer? SGPA against the baselines a user would pick
+instead, on the same data and budget (Chen & Li, ICLR 2023, claim better NLL/ECE and better
+out-of-distribution detection than softmax attention at similar accuracy).
+
+Rows (``methods``):
+
+=====================  ==========================================================================
+``softmax``            softmax attention, maximum likelihood (method ``map``, no latents)
+``kernel``             the SGPA model under ``map``: kernel attention, noise at zero (ML)
+``sgpa``               decoupled SGPA, ``svi-kl`` (closed-form global KL), ``kl_scale = 1``: the
+                       ELBO of the data set
+``sgpa-official-kl``   the same with ``kl_scale = N``: the KL added to the *mean* cross-entropy,
+                       as the authors' code does
+``sgpa-standard``      standard SGPA (keys as inducing points, :math:`O(T^3)`), ``svi-kl``
+``mc-dropout``         softmax attention with dropout, ML; dropout kept on to predict
+``temperature``        softmax attention, ML, then one temperature fitted on the validation split
+``ensemble``           ``ensemble_size`` softmax models from different initialisations, averaged
+=====================  ==========================================================================
+
+Every row predicts with :math:`\\hat p(y \\mid x) = \\frac1S\\sum_s p(y \\mid x, \\theta_s)` over
+``num_samples`` draws (guide draws of the inducing outputs and the GP noise; dropout masks;
+ensemble members), and is scored by :mod:`pyro_attention.diagnostics.calibration`: accuracy,
+NLL, Brier, top-1 ECE/MCE (15 bins), all-class ECE/MCE (10 bins), OOD AUROC/AUPR by maximum
+probability and by entropy for each shifted set, and — on the sequence task, whose Bayes
+posterior is known — the KL from the truth. Over several seeds (the data subset and the
+initialisation both change) each number gets mean ± 2 standard errors.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+
+from pyro_attention._io import write_json
+from pyro_attention.data import ClassificationData, digits_patch_task, make_valence_task
+from pyro_attention.diagnostics import save_datatree, to_datatree
+from pyro_attention.diagnostics.calibration import (
+    classification_metrics,
+    mean_and_error,
+    ood_detection,
+    reliability_bins,
+    true_posterior_metrics,
+)
+from pyro_attention.diagnostics.plots import plot_reliability
+from pyro_attention.infer import fit
+from pyro_attention.infer.results import FitResult
+from pyro_attention.models import GPAttentionClassifier
+
+TASKS = ("digits", "sequence")
+SGPA_METHODS = (
+    "softmax",
+    "kernel",
+    "sgpa",
+    "sgpa-official-kl",
+    "sgpa-standard",
+    "mc-dropout",
+    "temperature",
+    "ensemble",
+)
+#: the columns of the printed table
+TABLE = ("accuracy", "nll", "brier", "ece", "ece_all")
+
+
+@dataclass(frozen=True)
+class SGPASettings:
+    """Sizes and budget of one comparison (the same for every row).
+
+    :param num_train: training sequences (a low-data regime: softmax over-fits);
+    :param steps: full-batch Adam steps (epochs; no early stopping); :param lr: its rate.
+    """
+
+    num_train: int = 300
+    num_val: int = 200
+    steps: int = 600
+    lr: float = 3e-3
+    d_model: int = 32
+    num_heads: int = 2
+    num_layers: int = 1
+    num_inducing: int = 16
+    covariance: str = "diag"
+    num_samples: int = 10
+    dropout: float = 0.1
+    ensemble_size: int = 5
+
+    def __post_init__(self) -> None:
+        for name in (
+            "num_train",
+            "steps",
+            "d_model",
+            "num_heads",
+            "num_layers",
+            "num_inducing",
+            "num_samples",
+            "ensemble_size",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.num_val, bool) or not isinstance(self.num_val, int) or self.num_val < 2:
+            raise ValueError(
+                f"num_val must be an integer >= 2 (temperature scaling fits on it), got "
+                f"{self.num_val!r}"
+            )
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite positive number, got {self.lr!r}")
+        if not (0 < self.dropout < 1):
+            raise ValueError(f"dropout must lie in (0, 1), got {self.dropout!r}")
+        if self.covariance not in ("diag", "full"):
+            raise ValueError(f"covariance must be 'diag' or 'full', got {self.covariance!r}")
+
+
+@dataclass
+class TaskData:
+    """One seed's splits: ``train``, ``val``, ``test`` and the shifted sets ``ood``."""
+
+    name: str
+    train: ClassificationData
+    val: ClassificationData
+    test: ClassificationData
+    ood: dict[str, ClassificationData]
+    model_options: dict[str, Any]
+
+
+def make_task(
+    task: str,
+    seed: int,
+    settings: SGPASettings,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> TaskData:
+    """The splits of ``task`` for ``seed`` (the data subset changes with the seed too)."""
+    if task == "digits":
+        digits = digits_patch_task(
+            num_train=settings.num_train,
+            num_val=settings.num_val,
+            patch=2,
+            seed=seed,
+            dtype=dtype,
+            device=device,
+        )
+        if digits.val is None:  # num_val >= 2 is checked by the settings
+            raise ValueError("the digits task needs a validation split")
+        options = {"feature_dim": digits.train.feature_dim, "kernel": "rbf"}
+        return TaskData(
+            task,
+            digits.train,
+            digits.val,
+            digits.test,
+            dict(digits.ood),
+            {**options, "max_len": digits.train.seq_len, "num_classes": 10},
+        )
+    if task == "sequence":
+        valence = make_valence_task(
+            num_train=settings.num_train, num_val=settings.num_val, seed=seed, device=device
+        )
+        longest = max(d.seq_len for d in (valence.train, *valence.ood.values()))
+        options = {"vocab_size": valence.train.vocab_size, "kernel": "exponential"}
+        return TaskData(
+            task,
+            valence.train,
+            valence.val,
+            valence.test,
+            dict(valence.ood),
+            {**options, "max_len": longest, "num_classes": 2},
+        )
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+# ---------------------------------------------------------------------- prediction
+@dataclass
+class Prediction:
+    """What one row predicts on one set: averaged probabilities ``(N, C)``, and per draw the
+    log-likelihood of the labels ``(S, N)`` and the global draws ``{site: (S, ...)}``."""
+
+    probs: torch.Tensor
+    log_lik: torch.Tensor
+    draws: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def predict(
+    model: GPAttentionClassifier,
+    result: FitResult,
+    data: ClassificationData,
+    num_samples: int,
+) -> Prediction:
+    """:math:`\\frac1S\\sum_s p(y \\mid x, \\theta_s)` with ``θ_s`` from the fit's guide (GP
+    noise and inducing outputs) and the model's dropout where it has any; one draw for a
+    deterministic fit."""
+    deterministic = result.method.point_estimate and not _has_dropout(model)
+    draws = 1 if deterministic else num_samples
+    predictive = result.method.predictive(model.model)
+    probs, log_lik, globals_ = [], [], []
+    with torch.no_grad(), result.scope(), poutine.block():
+        for _ in range(draws):
+            run = predictive
+            if result.guide is not None:
+                guide_trace = poutine.trace(result.guide).get_trace(data)
+                run = poutine.replay(predictive, trace=guide_trace)
+            trace = poutine.trace(run).get_trace(data)
+            fn = trace.nodes["y"]["fn"]
+            probs.append(fn.probs)
+            log_lik.append(fn.log_prob(data.labels))
+            globals_.append({n: trace.nodes[n]["value"] for n in trace.nodes if n.endswith(".u")})
+    stacked = {name: torch.stack([g[name] for g in globals_]) for name in globals_[0]}
+    return Prediction(torch.stack(probs).mean(0), torch.stack(log_lik), stacked)
+
+
+def _has_dropout(model: GPAttentionClassifier) -> bool:
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
+def _logits(model: GPAttentionClassifier, result: FitResult, data: ClassificationData):
+    with torch.no_grad(), result.scope(), poutine.block():
+        trace = poutine.trace(result.method.predictive(model.model)).get_trace(data)
+    return trace.nodes["y"]["fn"].logits
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> float:
+    """The temperature :math:`T` minimising the NLL of ``softmax(logits / T)`` (Guo et al.
+    2017), by L-BFGS on :math:`\\log T`."""
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    logits, labels = logits.detach().double(), labels.detach()
+    optim = torch.optim.LBFGS([log_t], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optim.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optim.step(closure)
+    return float(log_t.detach().exp())
+
+
+# ---------------------------------------------------------------------- one row
+@dataclass
+class RowRecipe:
+    """How a row is built: the model options and the method it is fitted with."""
+
+    attention: str = "sgpa"
+    variant: str = "decoupled"
+    method: str = "svi-kl"
+    dropout: float = 0.0
+    official_kl: bool = False
+
+
+RECIPES: dict[str, RowRecipe] = {
+    "softmax": RowRecipe(attention="softmax", method="map"),
+    "kernel": RowRecipe(method="map"),
+    "sgpa": RowRecipe(),
+    "sgpa-official-kl": RowRecipe(official_kl=True),
+    "sgpa-standard": RowRecipe(variant="standard"),
+    "mc-dropout": RowRecipe(attention="softmax", method="map", dropout=-1.0),
+    "temperature": RowRecipe(attention="softmax", method="map"),
+    "ensemble": RowRecipe(attention="softmax", method="map"),
+}
+
+
+def _fit_one(
+    name: str,
+    task: TaskData,
+    settings: SGPASettings,
+    seed: int,
+    dtype: torch.dtype,
+    progress: bool,
+) -> tuple[GPAttentionClassifier, FitResult]:
+    recipe = RECIPES[name]
+    torch.manual_seed(seed)
+    model = GPAttentionClassifier(
+        **task.model_options,
+        d_model=settings.d_model,
+        num_heads=settings.num_heads,
+        num_layers=settings.num_layers,
+        attention=recipe.attention,
+        variant=recipe.variant,
+        num_inducing=settings.num_inducing,
+        covariance=settings.covariance,
+        dropout=settings.dropout if recipe.dropout < 0 else recipe.dropout,
+        kl_scale=float(len(task.train)) if recipe.official_kl else 1.0,
+    ).to(device=task.train.labels.device, dtype=dtype)
+    result = fit(
+        model,
+        task.train,
+        recipe.method,
+        num_steps=settings.steps,
+        lr=settings.lr,
+        seed=seed,
+        progress=progress,
+    )
+    return model, result
+
+
+def run_row(
+    name: str,
+    task: TaskData,
+    settings: SGPASettings,
+    seed: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> tuple[dict[str, Any], dict[str, Prediction]]:
+    """Fit row ``name`` on ``task`` with ``seed`` and score it: ``(row, predictions per set)``."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown row {name!r}; choose from {', '.join(SGPA_METHODS)}")
+    start = time.perf_counter()
+    sets = {"test": task.test, **task.ood}
+    members = settings.ensemble_size if name == "ensemble" else 1
+    predictions: dict[str, list[Prediction]] = {key: [] for key in sets}
+    steps, escalations = 0, 0
+    for member in range(members):
+        model, result = _fit_one(
+            name, task, settings, seed * 1000 + member if members > 1 else seed, dtype, progress
+        )
+        steps += result.steps
+        escalations += model.jitter_escalations()
+        if name == "temperature":
+            temperature = fit_temperature(_logits(model, result, task.val), task.val.labels)
+            for key, data in sets.items():
+                logits = _logits(model, result, data) / temperature
+                log_lik = torch.log_softmax(logits, -1).gather(-1, data.labels[:, None])
+                predictions[key].append(Prediction(logits.softmax(-1), log_lik.T))
+        else:
+            for key, data in sets.items():
+                predictions[key].append(predict(model, result, data, settings.num_samples))
+    merged = {key: _merge(parts) for key, parts in predictions.items()}
+    row: dict[str, Any] = {"method": name, "seed": seed, "status": "ok"}
+    row.update(classification_metrics(merged["test"].probs, task.test.labels))
+    row["heldout_log_lik"] = -row["nll"]
+    if task.test.true_probs is not None:
+        row.update(true_posterior_metrics(merged["test"].probs, task.test.true_probs))
+    for key, data in task.ood.items():
+        detection = ood_detection(merged["test"].probs, merged[key].probs)
+        row[f"ood_auroc_{key}"] = detection["auroc_max_prob"]
+        row[f"ood_aupr_{key}"] = detection["aupr_max_prob"]
+        row[f"ood_auroc_entropy_{key}"] = detection["auroc_entropy"]
+        row[f"ood_aupr_entropy_{key}"] = detection["aupr_entropy"]
+        if key != "noise" and key != "heldout":  # labels that mean something: a shift
+            shifted = classification_metrics(merged[key].probs, data.labels)
+            row[f"{key}_accuracy"] = shifted["accuracy"]
+            row[f"{key}_nll"] = shifted["nll"]
+            if data.true_probs is not None:
+                truth = true_posterior_metrics(merged[key].probs, data.true_probs)
+                row[f"{key}_true_kl"] = truth["true_kl"]
+    row.update(
+        seconds=time.perf_counter() - start,
+        steps=steps,
+        num_samples=int(merged["test"].log_lik.shape[0]),
+        jitter_escalations=escalations,
+    )
+    return row, merged
+
+
+def _merge(parts: list[Prediction]) -> Prediction:
+    """Ensemble members: probabilities averaged, draws concatenated."""
+    if len(parts) == 1:
+        return parts[0]
+    return Prediction(
+        torch.stack([p.probs for p in parts]).mean(0), torch.cat([p.log_lik for p in parts])
+    )
+
+
+# ---------------------------------------------------------------------- the comparison
+@dataclass
+class SGPAComparison:
+    """Rows per seed, their aggregate (mean ± 2 SE), and the files written."""
+
+    task: str
+    settings: SGPASettings
+    rows: list[dict[str, Any]]
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[str]:
+        return sorted({row["method"] for row in self.rows if row["status"] != "ok"})
+
+    def aggregate(self) -> list[dict[str, Any]]:
+        """Per method: every numeric column's mean and 2 standard errors over the seeds."""
+        out = []
+        for name in dict.fromkeys(row["method"] for row in self.rows):
+            rows = [r for r in self.rows if r["method"] == name and r["status"] == "ok"]
+            entry: dict[str, Any] = {"method": name, "seeds": len(rows)}
+            keys = [k for k in (rows[0] if rows else {}) if isinstance(rows[0][k], float | int)]
+            for key in keys:
+                if key in ("seed",):
+                    continue
+                mean, error = mean_and_error([float(r[key]) for r in rows])
+                entry[key], entry[f"{key}_2se"] = mean, error
+            out.append(entry)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model": "gp-attention",
+            "task": self.task,
+            "settings": vars(self.settings),
+            "results": self.rows,
+            "aggregate": self.aggregate(),
+        }
+
+    def __str__(self) -> str:
+        aggregate = self.aggregate()
+        ood = sorted(
+            {k for row in aggregate for k in row if k.startswith("ood_auroc_")}
+            - {k for row in aggregate for k in row if "entropy" in k or k.endswith("_2se")}
+        )
+        extra = ["true_kl"] if any("true_kl" in row for row in aggregate) else []
+        columns = [*TABLE, *ood, *extra, "seconds"]
+        header = ["method", *[c.removeprefix("ood_") for c in columns]]
+        lines = [" | ".join(header)]
+        for row in aggregate:
+            cells = [row["method"]]
+            for column in columns:
+                if column not in row:
+                    cells.append("-")
+                    continue
+                error = row.get(f"{column}_2se", float("nan"))
+                digits = 1 if column == "seconds" else 3
+                cell = f"{row[column]:.{digits}f}"
+                cells.append(cell if math.isnan(error) else f"{cell} ± {error:.{digits}f}")
+            lines.append(" | ".join(cells))
+        failed = [r for r in self.rows if r["status"] != "ok"]
+        lines += [f"{r['method']} (seed {r['seed']}): {r['status']}" for r in failed]
+        return "\n".join(lines)
+
+
+def compare_sgpa(
+    task: str = "digits",
+    methods: Sequence[str] | None = None,
+    *,
+    seeds: Sequence[int] = (0,),
+    settings: SGPASettings | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    out: str | Path | None = None,
+    progress: bool = True,
+    make_task_fn: Callable[..., TaskData] = make_task,
+) -> SGPAComparison:
+    """Fit every row for every seed on ``task`` and score it; write ``summary.json`` after each
+    (a failing row gets its error and the others go on), ``reliability.png`` and, for the rows
+    with global latents, ``<method>.nc`` (first seed).
+
+    :param task: ``"digits"`` (8×8 grey digits as 16 patch tokens; shifts: rotated, noise) or
+        ``"sequence"`` (word valences with negation, known Bayes posterior; shifts: held-out
+        words, longer sentences).
+    :param methods: rows (default all of :data:`SGPA_METHODS`).
+    :param seeds: one run per seed (data subset and initialisation).
+    """
+    settings = settings or SGPASettings()
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    names = list(SGPA_METHODS if methods is None else methods)
+    unknown = [n for n in names if n not in RECIPES]
+    if not names or unknown:
+        raise ValueError(
+            f"unknown or no methods {unknown or names}; choose from {', '.join(SGPA_METHODS)}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"methods repeat a name: {names}")
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be non-negative integers, at least one; got {seeds}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeat a value: {seeds}")
+    folder = Path(out) if out is not None else None
+    if folder is not None:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--out {folder} is a file; name a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+    comparison = SGPAComparison(task, settings, [])
+    curves: dict[str, Any] = {}
+    for seed in seeds:
+        data = make_task_fn(task, seed, settings, device=device, dtype=dtype)
+        for name in names:
+            pyro.clear_param_store()
+            try:
+                row, merged = run_row(name, data, settings, seed, dtype=dtype, progress=progress)
+            except Exception as err:  # a failing row is recorded; the others go on
+                row = {"method": name, "seed": seed, "status": _error(err)}
+                merged = None
+            comparison.rows.append(row)
+            if merged is not None and seed == seeds[0]:
+                curves[name] = reliability_bins(merged["test"].probs, data.test.labels)
+                if folder is not None and merged["test"].draws:
+                    comparison.files.append(_write_tree(folder, name, merged["test"], data, row))
+            if folder is not None:
+                comparison.files.append(write_json(folder / "summary.json", comparison.summary()))
+    if folder is not None and curves:
+        path = folder / "reliability.png"
+        plot_reliability(curves, path)
+        comparison.files.append(path)
+    comparison.files = list(dict.fromkeys(comparison.files))
+    return comparison
+
+
+def _error(err: Exception) -> str:
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"error: {type(err).__name__}: {first}"
+
+
+def _write_tree(
+    folder: Path, name: str, prediction: Prediction, data: TaskData, row: dict[str, Any]
+) -> Path:
+    """The row's posterior of the global inducing outputs, the pointwise held-out
+    log-likelihood and the test labels as an ArviZ DataTree."""
+    posterior = {key.replace(".", "_"): value for key, value in prediction.draws.items()}
+    dims = {key: ["head", "value_dim", "inducing"] for key in posterior}
+    dims["y"] = ["sequence"]
+    tree = to_datatree(
+        posterior,
+        log_likelihood={"y": prediction.log_lik},
+        observed_data={"y": data.test.labels},
+        dims=dims,
+        attrs={
+            "method": name,
+            "model": "gp-attention",
+            "task": data.name,
+            "log_likelihood": "held-out test sequences",
+            "accuracy": row["accuracy"],
+            "nll": row["nll"],
+        },
+    )
+    return save_datatree(tree, folder / f"{name}.nc")
