@@ -53,6 +53,7 @@ from pyro_attention.diagnostics.plots import plot_reliability
 from pyro_attention.infer import fit
 from pyro_attention.infer.results import FitResult
 from pyro_attention.models import GPAttentionClassifier
+from pyro_attention.traces import site_dist, site_value
 
 TASKS = ("digits", "sequence")
 SGPA_METHODS = (
@@ -206,10 +207,12 @@ def predict(
                 guide_trace = poutine.trace(result.guide).get_trace(data)
                 run = poutine.replay(predictive, trace=guide_trace)
             trace = poutine.trace(run).get_trace(data)
-            fn = trace.nodes["y"]["fn"]
+            fn = site_dist(trace.nodes["y"])
             probs.append(fn.probs)
             log_lik.append(fn.log_prob(data.labels))
-            globals_.append({n: trace.nodes[n]["value"] for n in trace.nodes if n.endswith(".u")})
+            globals_.append(
+                {n: site_value(site) for n, site in trace.nodes.items() if n.endswith(".u")}
+            )
     stacked = {name: torch.stack([g[name] for g in globals_]) for name in globals_[0]}
     return Prediction(torch.stack(probs).mean(0), torch.stack(log_lik), stacked)
 
@@ -218,10 +221,12 @@ def _has_dropout(model: GPAttentionClassifier) -> bool:
     return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
 
 
-def _logits(model: GPAttentionClassifier, result: FitResult, data: ClassificationData):
+def _logits(
+    model: GPAttentionClassifier, result: FitResult, data: ClassificationData
+) -> torch.Tensor:
     with torch.no_grad(), result.scope(), poutine.block():
         trace = poutine.trace(result.method.predictive(model.model)).get_trace(data)
-    return trace.nodes["y"]["fn"].logits
+    return site_dist(trace.nodes["y"]).logits
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> float:

@@ -204,3 +204,15 @@ def test_bad_data_is_refused_before_work():
         ClassificationData(data.inputs, torch.zeros_like(data.mask), data.labels, 3)
     with pytest.raises(TypeError, match="ClassificationData"):
         fit(model, data.inputs, "svi", num_steps=1, progress=False)
+
+
+def test_map_drops_the_variational_terms():
+    """A point estimate has no posterior whose KL the terms would be: gp_mean zeroes them."""
+    model, data = _model(), _data()
+    with poutine.block():
+        plain = poutine.trace(model.model).get_trace(data)
+        fixed = poutine.trace(handlers.gp_mean()(model.model)).get_trace(data)
+    plain.compute_log_prob()
+    fixed.compute_log_prob()
+    assert (plain.nodes["layer0.kl"]["log_prob"] < 0).all()
+    assert (fixed.nodes["layer0.kl"]["log_prob"] == 0).all()

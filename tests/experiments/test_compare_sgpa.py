@@ -1,0 +1,184 @@
+"""The SGPA comparison at a small size: every row scored, files written, failures recorded, bad
+options refused before any work; the temperature fit and the predictive average checked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import xarray as xr
+
+from pyro_attention.cli import main
+from pyro_attention.experiments import compare_sgpa as module
+from pyro_attention.experiments.compare_sgpa import (
+    SGPA_METHODS,
+    SGPASettings,
+    compare_sgpa,
+    fit_temperature,
+    make_task,
+    predict,
+)
+from pyro_attention.infer import fit
+from pyro_attention.models import GPAttentionClassifier
+
+TINY = SGPASettings(
+    num_train=40, num_val=20, steps=4, d_model=8, num_inducing=4, ensemble_size=2, num_samples=3
+)
+
+
+@pytest.fixture(scope="module")
+def sequence_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sgpa")
+    return compare_sgpa("sequence", seeds=[0, 1], settings=TINY, out=out, progress=False), out
+
+
+def test_every_row_is_scored_for_every_seed(sequence_run):
+    result, out = sequence_run
+    assert [(r["method"], r["seed"]) for r in result.rows] == [
+        (m, s) for s in (0, 1) for m in SGPA_METHODS
+    ]
+    for row in result.rows:
+        assert row["status"] == "ok", row
+        for key in ("accuracy", "nll", "brier", "ece", "mce", "ece_all", "mce_all", "true_kl"):
+            assert 0 <= row[key] < float("inf"), (key, row)
+        assert row["heldout_log_lik"] == -row["nll"]
+        assert {"ood_auroc_heldout_words", "ood_auroc_longer", "seconds", "steps"} <= set(row)
+    ensemble = next(r for r in result.rows if r["method"] == "ensemble")
+    assert ensemble["steps"] == 2 * TINY.steps and ensemble["num_samples"] == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["results"]) == 16 and summary["task"] == "sequence"
+    aggregate = {row["method"]: row for row in summary["aggregate"]}
+    accuracies = [r["accuracy"] for r in result.rows if r["method"] == "sgpa"]
+    assert aggregate["sgpa"]["accuracy"] == pytest.approx(sum(accuracies) / 2)
+    assert aggregate["sgpa"]["accuracy_2se"] == pytest.approx(abs(accuracies[0] - accuracies[1]))
+    assert "±" in str(result)
+
+
+def test_trees_hold_the_inducing_posterior_and_the_heldout_likelihood(sequence_run):
+    _, out = sequence_run
+    assert {p.name for p in out.glob("*.nc")} == {"kernel.nc", "sgpa.nc", "sgpa-official-kl.nc"}
+    tree = xr.open_datatree(out / "sgpa.nc")
+    assert dict(tree.posterior["layer0_u"].sizes) == {
+        "chain": 1, "draw": 3, "head": 2, "value_dim": 4, "inducing": 4
+    }
+    assert dict(tree.log_likelihood["y"].sizes) == {"chain": 1, "draw": 3, "sequence": 1000}
+    assert (out / "reliability.png").stat().st_size > 0
+
+
+def test_a_failing_row_keeps_the_others(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken on purpose")
+
+    original = module._fit_one
+
+    def fit_one(name, *args, **kwargs):
+        return broken() if name == "kernel" else original(name, *args, **kwargs)
+
+    monkeypatch.setattr(module, "_fit_one", fit_one)
+    result = compare_sgpa(
+        "digits", ["softmax", "kernel"], settings=TINY, out=tmp_path, progress=False
+    )
+    assert result.failed == ["kernel"]
+    assert result.rows[1]["status"] == "error: RuntimeError: broken on purpose"
+    assert result.rows[0]["status"] == "ok"
+    assert "kernel (seed 0): error" in str(result)
+
+
+def test_temperature_is_recovered():
+    gen = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(4000, 5, generator=gen)
+    labels = torch.distributions.Categorical(logits=logits / 2.5).sample()
+    assert fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.1)
+
+
+def test_prediction_averages_probabilities_over_draws():
+    settings = TINY
+    task = make_task("sequence", 0, settings)
+    torch.manual_seed(0)
+    model = GPAttentionClassifier(
+        **task.model_options, d_model=8, num_heads=2, num_inducing=4
+    )
+    result = fit(model, task.train, "svi-kl", num_steps=3, progress=False, seed=0)
+    prediction = predict(model, result, task.test, num_samples=4)
+    assert prediction.log_lik.shape == (4, len(task.test))
+    assert prediction.draws["layer0.u"].shape == (4, 2, 4, 4)
+    # log of the averaged probability of the labels = logmeanexp of the per-draw likelihoods
+    chosen = prediction.probs.gather(-1, task.test.labels[:, None]).squeeze(-1).log()
+    want = prediction.log_lik.logsumexp(0) - torch.log(torch.tensor(4.0))
+    torch.testing.assert_close(chosen, want, rtol=1e-5, atol=1e-5)
+    # draws differ (the guide and the GP noise are random)
+    assert not torch.allclose(prediction.log_lik[0], prediction.log_lik[1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"task": "images"}, "task must be one of"),
+        ({"methods": ["softmax", "gp"]}, "unknown or no methods"),
+        ({"methods": []}, "unknown or no methods"),
+        ({"methods": ["sgpa", "sgpa"]}, "repeat a name"),
+        ({"seeds": []}, "seeds must be"),
+        ({"seeds": [-1]}, "seeds must be"),
+        ({"seeds": [1, 1]}, "seeds repeat"),
+    ],
+)
+def test_bad_options_are_refused_before_work(kwargs, match, monkeypatch):
+    monkeypatch.setattr(module, "run_row", None)  # any work would fail differently
+    with pytest.raises(ValueError, match=match):
+        compare_sgpa(**{"task": "digits", "settings": TINY, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("steps", 0, "steps must be a positive integer"),
+        ("num_samples", -3, "num_samples must be a positive integer"),
+        ("ensemble_size", 0, "ensemble_size must be a positive integer"),
+        ("num_val", 1, "num_val must be an integer >= 2"),
+        ("lr", float("nan"), "lr must be a finite positive number"),
+        ("lr", -1.0, "lr must be a finite positive number"),
+        ("dropout", 0.0, "dropout must lie in"),
+        ("covariance", "low-rank", "covariance must be"),
+    ],
+)
+def test_bad_settings_are_refused(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        SGPASettings(**{field: value})
+
+
+def test_out_naming_a_file_is_refused(tmp_path):
+    path = tmp_path / "taken"
+    path.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        compare_sgpa("digits", settings=TINY, out=path, progress=False)
+
+
+def test_cli_runs_both_tasks_small(tmp_path, capsys):
+    for task in ("digits", "sequence"):
+        code = main(
+            ["compare", "sgpa", "--task", task, "--methods", "softmax,sgpa,temperature"]
+            + ["--steps", "3", "--num-train", "30", "--d-model", "8", "--inducing", "4"]
+            + ["--num-samples", "2", "--seeds", "2", "--no-progress"]
+            + ["--out", str(tmp_path / task)]
+        )
+        assert code == 0
+        summary = json.loads((tmp_path / task / "summary.json").read_text())
+        assert [r["seed"] for r in summary["results"]] == [0, 0, 0, 1, 1, 1]
+    printed = capsys.readouterr().out
+    assert "sgpa on digits" in printed and "auroc_rotated" in printed and "true_kl" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--seeds", "0"], "--seeds 0"),
+        (["--seeds", "x"], "neither a count"),
+        (["--d-model", "7"], "must be a multiple of --heads"),
+        (["--steps", "-1"], "steps must be a positive integer"),
+        (["--methods", ""], "names no method"),
+    ],
+)
+def test_cli_refuses_bad_options(argv, match, tmp_path, capsys):
+    assert main(["compare", "sgpa", "--out", str(tmp_path), *argv]) == 2
+    assert match in capsys.readouterr().err
