@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
         "--num-train",
         type=int,
         default=None,
-        help="training examples (default: alignment 2000, sgpa 300)",
+        help="training examples (default: alignment 2000, sgpa digits 300, sequence 1000)",
     )
     seq.add_argument("--num-test", type=int, default=300, help="test examples (default 300)")
     seq.add_argument("--hidden", type=int, default=64, help="LSTM/MLP width (default 64)")
@@ -472,7 +472,7 @@ def _compare_sgpa(args: argparse.Namespace) -> int:
     device = _device(args.device)
     task = args.task or "digits"
     settings = SGPASettings(
-        num_train=300 if args.num_train is None else args.num_train,
+        num_train=args.num_train,
         steps=600 if args.steps is None else args.steps,
         lr=3e-3 if args.lr is None else args.lr,
         d_model=args.d_model,
@@ -496,7 +496,7 @@ def _compare_sgpa(args: argparse.Namespace) -> int:
         out=args.out,
         progress=not args.no_progress,
     )
-    print(f"sgpa on {task}: {settings.num_train} training sequences, {settings.steps} steps")
+    print(f"sgpa on {task}: {settings.steps} full-batch steps per model")
     print(result)
     print(f"\nwrote {len(result.files)} files to {args.out}")
     return _finish(result, args)

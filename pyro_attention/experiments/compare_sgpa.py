@@ -66,6 +66,12 @@ SGPA_METHODS = (
     "temperature",
     "ensemble",
 )
+#: the sequence task's lexicon: 48 training words (each seen about 140 times in 1000 sentences;
+#: with 160 words a bag-of-words logistic regression reached 0.64 accuracy against Bayes' 0.83)
+#: and 12 held-out words
+SEQUENCE_VOCAB, SEQUENCE_HELDOUT_WORDS = 60, 12
+#: training sequences per task by default
+NUM_TRAIN = {"digits": 300, "sequence": 1000}
 #: the columns of the printed table
 TABLE = ("accuracy", "nll", "brier", "ece", "ece_all")
 
@@ -74,11 +80,12 @@ TABLE = ("accuracy", "nll", "brier", "ece", "ece_all")
 class SGPASettings:
     """Sizes and budget of one comparison (the same for every row).
 
-    :param num_train: training sequences (a low-data regime: softmax over-fits);
+    :param num_train: training sequences (a low-data regime: softmax over-fits; default
+        :data:`NUM_TRAIN` per task);
     :param steps: full-batch Adam steps (epochs; no early stopping); :param lr: its rate.
     """
 
-    num_train: int = 300
+    num_train: int | None = None
     num_val: int = 200
     steps: int = 600
     lr: float = 3e-3
@@ -92,8 +99,13 @@ class SGPASettings:
     ensemble_size: int = 5
 
     def __post_init__(self) -> None:
+        if self.num_train is not None and (
+            isinstance(self.num_train, bool)
+            or not isinstance(self.num_train, int)
+            or self.num_train < 1
+        ):
+            raise ValueError(f"num_train must be a positive integer, got {self.num_train!r}")
         for name in (
-            "num_train",
             "steps",
             "d_model",
             "num_heads",
@@ -139,9 +151,12 @@ def make_task(
     dtype: torch.dtype = torch.float32,
 ) -> TaskData:
     """The splits of ``task`` for ``seed`` (the data subset changes with the seed too)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    num_train = NUM_TRAIN[task] if settings.num_train is None else settings.num_train
     if task == "digits":
         digits = digits_patch_task(
-            num_train=settings.num_train,
+            num_train=num_train,
             num_val=settings.num_val,
             patch=2,
             seed=seed,
@@ -159,21 +174,25 @@ def make_task(
             dict(digits.ood),
             {**options, "max_len": digits.train.seq_len, "num_classes": 10},
         )
-    if task == "sequence":
-        valence = make_valence_task(
-            num_train=settings.num_train, num_val=settings.num_val, seed=seed, device=device
-        )
-        longest = max(d.seq_len for d in (valence.train, *valence.ood.values()))
-        options = {"vocab_size": valence.train.vocab_size, "kernel": "exponential"}
-        return TaskData(
-            task,
-            valence.train,
-            valence.val,
-            valence.test,
-            dict(valence.ood),
-            {**options, "max_len": longest, "num_classes": 2},
-        )
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    # the sequence task
+    valence = make_valence_task(
+        num_train=num_train,
+        num_val=settings.num_val,
+        vocab=SEQUENCE_VOCAB,
+        heldout_words=SEQUENCE_HELDOUT_WORDS,
+        seed=seed,
+        device=device,
+    )
+    longest = max(d.seq_len for d in (valence.train, *valence.ood.values()))
+    options = {"vocab_size": valence.train.vocab_size, "kernel": "exponential"}
+    return TaskData(
+        task,
+        valence.train,
+        valence.val,
+        valence.test,
+        dict(valence.ood),
+        {**options, "max_len": longest, "num_classes": 2},
+    )
 
 
 # ---------------------------------------------------------------------- prediction

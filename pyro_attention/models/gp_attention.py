@@ -132,7 +132,10 @@ class GPAttentionClassifier(AlignmentModel):
     :param kl_scale: weight of the global KL (1: the ELBO; the authors' code: the number of
         training sequences).
     :param jitter: relative Cholesky jitter (default by dtype).
-    :param init_scale: initial :math:`\\tilde S = ` ``init_scale`` :math:`\\cdot I` of the guide.
+    :param init_scale: initial :math:`\\tilde S = ` ``init_scale`` :math:`\\cdot I` of the guide
+        (0.1: close to deterministic at the start, as Salimbeni & Deisenroth (2017) start the
+        inner layers of deep GPs; at 1, the prior, the global part adds the prior's variance to
+        every output and decoupled SGPA on the digits reached accuracy 0.80 instead of 0.93).
 
     Example::
 
@@ -163,7 +166,7 @@ class GPAttentionClassifier(AlignmentModel):
         dropout: float = 0.0,
         kl_scale: float = 1.0,
         jitter: float | None = None,
-        init_scale: float = 1.0,
+        init_scale: float = 0.1,
     ) -> None:
         super().__init__()
         if (feature_dim is None) == (vocab_size is None):
