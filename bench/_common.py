@@ -28,6 +28,23 @@ def environment() -> dict[str, object]:
     }
 
 
+def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after two warm-up calls (CUDA
+    synchronised around each call)."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def save_figures(figures: dict, path: str | None) -> dict:
     """Write ``figures`` as JSON to ``path`` (if given) and return them."""
     if path:

@@ -13,12 +13,10 @@ the key biases by design; that the mixture equals SDPA *with* those biases is te
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from _common import environment, save_figures
+from _common import environment, median_seconds, save_figures
 
 from pyro_attention.nn import MixtureAttention
 
@@ -27,22 +25,6 @@ SHAPES = (  # (batch, heads, queries, keys, features)
     (8, 8, 128, 128, 64),
     (4, 8, 512, 512, 64),
 )
-
-
-def median_seconds(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls, after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(batch, heads, tq, tk, dim, sigma, repeats, device) -> dict:

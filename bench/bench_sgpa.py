@@ -23,13 +23,11 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import resource
-import statistics
-import time
 from typing import Any
 
 import pyro
 import torch
-from _common import environment, print_machine, save_figures
+from _common import environment, median_seconds, print_machine, save_figures
 from pyro import poutine
 from pyro.infer import SVI, TraceMeanField_ELBO
 from pyro.optim import Adam
@@ -41,21 +39,6 @@ from pyro_attention.models.gp_attention import SoftmaxSelfAttention
 from pyro_attention.nn.sgpa import SGPAttention, whitened_kl
 
 LAYERS = ("softmax", "sgpa-decoupled", "sgpa-standard")
-
-
-def _median_seconds(fn, repeats: int, device: torch.device) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _rss_mb() -> float:
@@ -93,7 +76,7 @@ def _layer_step(kind: str, length: int, args: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     before = _rss_mb()
-    seconds = _median_seconds(step, args["repeats"], device)
+    seconds = median_seconds(step, args["repeats"], device)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -193,7 +176,7 @@ def training_step(args: dict) -> dict:
     }
     for _ in range(args["rounds"]):  # interleaved, so load changes hit every variant
         for name, run in runs.items():
-            seconds = _median_seconds(run, args["repeats"], device)
+            seconds = median_seconds(run, args["repeats"], device)
             timings[name] = min(timings.get(name, float("inf")), seconds)
     return {
         "length": length,

@@ -71,3 +71,22 @@ def test_compare_alignment_on_cuda(tmp_path):
         assert torch.isfinite(torch.tensor([row["ppl"], row["prior_entropy"]])).all()
     fitted = comparison.fits["exact"]
     assert fitted.points_seen > 0
+
+
+def test_sgpa_comparison_on_cuda(tmp_path):
+    from pyro_attention.experiments.compare_sgpa import SGPASettings, compare_sgpa
+
+    settings = SGPASettings(
+        num_train=40, num_val=20, steps=3, d_model=8, num_inducing=4, ensemble_size=2,
+        num_samples=2,
+    )
+    for task in ("digits", "sequence"):
+        result = compare_sgpa(
+            task,
+            ["softmax", "sgpa", "sgpa-standard", "temperature", "ensemble"],
+            settings=settings,
+            device="cuda",
+            out=tmp_path / task,
+            progress=False,
+        )
+        assert not result.failed, str(result)

@@ -31,22 +31,23 @@ class DigitsData(NamedTuple):
     image_shape: tuple[int, int] = (8, 8)
 
 
-def _read_npz() -> dict[str, np.ndarray]:
-    data = resources.files(__package__).joinpath(FILENAME).read_bytes()
+def read_shipped_npz(filename: str = FILENAME) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npz`` file shipped in this package (no pickles)."""
+    data = resources.files(__package__).joinpath(filename).read_bytes()
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         return {name: npz[name] for name in npz.files}
 
 
 def digits_metadata() -> dict[str, Any]:
     """Source, licence, threshold and seed with which the shipped file was built."""
-    return json.loads(str(_read_npz()["metadata"]))
+    return json.loads(str(read_shipped_npz()["metadata"]))
 
 
 def load_digits_binary(
     *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
 ) -> DigitsData:
     """Load the embedded binarized digits on ``device``, pixels with ``dtype``."""
-    arrays = _read_npz()
+    arrays = read_shipped_npz()
 
     def pixels(split: str) -> torch.Tensor:
         bits = np.unpackbits(arrays[f"{split}_x"], axis=1, count=64)

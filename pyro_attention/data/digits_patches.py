@@ -53,16 +53,15 @@ every device, moved to ``device`` and ``dtype`` at the end.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterable
-from importlib import resources
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from pyro_attention.data.classification import ClassificationData
+from pyro_attention.data.digits import read_shipped_npz
 
 __all__ = [
     "DigitsGrey",
@@ -106,9 +105,7 @@ class DigitsPatchTask(NamedTuple):
 
 
 def _read_npz() -> dict[str, np.ndarray]:
-    data = resources.files(__package__).joinpath(FILENAME).read_bytes()
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files}
+    return read_shipped_npz(FILENAME)
 
 
 def digits_grey_metadata() -> dict[str, Any]:

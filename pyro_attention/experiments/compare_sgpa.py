@@ -251,7 +251,7 @@ def _logits(
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> float:
     """The temperature :math:`T` minimising the NLL of ``softmax(logits / T)`` (Guo et al.
     2017), by L-BFGS on :math:`\\log T`."""
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    log_t = torch.zeros((), dtype=torch.float64, device=logits.device, requires_grad=True)
     logits, labels = logits.detach().double(), labels.detach()
     optim = torch.optim.LBFGS([log_t], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
 

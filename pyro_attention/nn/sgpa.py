@@ -324,24 +324,36 @@ class SGPAttention(nn.Module):
             f, kl = self._standard(q, v, keep, tokens, eps)
         return f * keep.unsqueeze(-1), kl
 
-    def _decoupled(self, q, v, keep, u, eps):
+    def _decoupled_parts(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:math:`A = L^{-1} K_{gq}` ``(..., B, H, M, T)`` and :math:`C = K_{qq} - A^\\top A`
+        ``(..., B, H, T, T)``."""
         g = self.inducing_keys()
         chol = self._cholesky(self._kernel(g, g))  # (H, M, M)
-        k_gq = self._kernel(g, q)  # (..., B, H, M, T)
-        a = torch.linalg.solve_triangular(chol, k_gq, upper=False)  # L⁻¹ K_gq
-        cond = self._kernel(q, q) - a.transpose(-1, -2) @ a  # C = K_qq − Q_qq
+        a = torch.linalg.solve_triangular(chol, self._kernel(g, q), upper=False)
+        return a, self._kernel(q, q) - a.transpose(-1, -2) @ a
+
+    def _standard_parts(
+        self, q: torch.Tensor, keep: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:math:`K_{kk}`, its Cholesky factor ``(..., B, H, T, T)`` (padding rows: unit and
+        apart) and the amortised whitened standard deviations :math:`s` ``(..., B, H, T, d_v)``
+        (1 at padding: the prior)."""
+        pair = keep.unsqueeze(-1) * keep.unsqueeze(-2)  # (B, 1, T, T)
+        eye = torch.eye(q.shape[-2], dtype=q.dtype, device=q.device)
+        k_kk = self._kernel(q, q) * pair + eye * (1 - keep.unsqueeze(-1))
+        s = nn.functional.softplus(self._heads(self.s_proj(tokens), self.value_dim))
+        s = s * keep.unsqueeze(-1) + (1 - keep.unsqueeze(-1))
+        return k_kk, self._cholesky(k_kk), s
+
+    def _decoupled(self, q, v, keep, u, eps):
+        a, cond = self._decoupled_parts(q)
         c_v = cond @ v
         mean = c_v + a.transpose(-1, -2) @ u.transpose(-1, -2)  # (..., B, H, T, d_v)
         kl = 0.5 * (v * c_v).sum((-3, -2, -1))
         return mean + self._noise(cond, keep, eps), kl
 
     def _standard(self, q, v, keep, tokens, eps):
-        pair = keep.unsqueeze(-1) * keep.unsqueeze(-2)  # (B, 1, T, T)
-        eye = torch.eye(q.shape[-2], dtype=q.dtype, device=q.device)
-        k_kk = self._kernel(q, q) * pair + eye * (1 - keep.unsqueeze(-1))  # padding: unit, apart
-        chol = self._cholesky(k_kk)
-        s = nn.functional.softplus(self._heads(self.s_proj(tokens), self.value_dim))
-        s = s * keep.unsqueeze(-1) + (1 - keep.unsqueeze(-1))  # padding: q = prior
+        _, chol, s = self._standard_parts(q, keep, tokens)
         white_mean = chol.transpose(-1, -2) @ v  # Lᵀ v, ‖·‖² = vᵀ K v
         kl = 0.5 * (s.pow(2) + white_mean.pow(2) - 1 - 2 * s.log()).sum((-3, -2, -1))
         mean = chol @ white_mean  # K v
@@ -376,21 +388,12 @@ class SGPAttention(nn.Module):
         q, v = self.project(tokens, mask)
         keep = mask[:, None, :].to(q.dtype)
         if self.variant == "standard":
-            pair = keep.unsqueeze(-1) * keep.unsqueeze(-2)
-            eye = torch.eye(q.shape[-2], dtype=q.dtype, device=q.device)
-            k_kk = self._kernel(q, q) * pair + eye * (1 - keep.unsqueeze(-1))
-            chol = self._cholesky(k_kk)
-            s = nn.functional.softplus(self._heads(self.s_proj(tokens), self.value_dim))
-            s = s * keep.unsqueeze(-1) + (1 - keep.unsqueeze(-1))
+            k_kk, chol, s = self._standard_parts(q, keep, tokens)
             scaled = chol.unsqueeze(-3) * s.transpose(-1, -2).unsqueeze(-2)  # L diag(s_d)
             return k_kk @ v, scaled @ scaled.transpose(-1, -2)
         if q_loc is None or q_scale_tril is None:
             raise ValueError("decoupled SGPA's posterior needs q_loc and q_scale_tril")
-        g = self.inducing_keys()
-        chol = self._cholesky(self._kernel(g, g))
-        k_gq = self._kernel(g, q)
-        a = torch.linalg.solve_triangular(chol, k_gq, upper=False)
-        cond = self._kernel(q, q) - a.transpose(-1, -2) @ a
+        a, cond = self._decoupled_parts(q)
         mean = cond @ v + a.transpose(-1, -2) @ q_loc.transpose(-1, -2)
         st_a = q_scale_tril.transpose(-1, -2) @ a.unsqueeze(-3)  # (..., H, d_v, M, T)
         cov = cond.unsqueeze(-3) + st_a.transpose(-1, -2) @ st_a

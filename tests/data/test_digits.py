@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pyro_attention.data import load_digits_binary
-from pyro_attention.data.digits import _read_npz, digits_metadata
+from pyro_attention.data.digits import digits_metadata
+from pyro_attention.data.digits import read_shipped_npz as _read_npz
 
 
 def test_shapes_values_labels():

@@ -15,7 +15,7 @@ from pyro_attention.data import (
     load_digits_grey,
     patches_to_images,
 )
-from pyro_attention.data.digits import _read_npz as read_binary_npz
+from pyro_attention.data.digits import read_shipped_npz as read_binary_npz
 from pyro_attention.data.digits_patches import _read_npz, digits_grey_metadata
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"

@@ -80,7 +80,7 @@ def test_applicable_methods_are_derived_not_listed():
     kv = inspect_model(KeyValueAttention(), kv_data(20))
     assert "nuts" not in applicable_methods(kv) and "cavi" not in applicable_methods(kv)
     reg = inspect_model(as_model(linear_regression), regression_data(20))
-    assert set(applicable_methods(reg)) == {"svi", "nuts"}
+    assert set(applicable_methods(reg)) == {"svi", "svi-kl", "map", "nuts"}
 
 
 def test_refusals_name_the_missing_capability_and_the_fix():

@@ -134,11 +134,13 @@ def test_kl_scale_weights_the_global_kl_only():
         {"attention": "softmax", "num_layers": 1},
     ],
 )
-def test_every_variant_trains_under_every_method(method, options):
-    model, data = _model(**options), _data(24)
+def test_every_variant_trains_under_every_method(method, options, device):
+    model, data = _model(**options).to(device), _data(24).to(device)
     result = fit(model, data, method, num_steps=40, lr=0.02, seed=0, progress=False)
     assert result.status == "ok"
     assert result.losses[-1] < result.losses[0]
+    draws = result.draws(2)
+    assert all(value.device.type == device.type for value in draws.samples.values())
 
 
 def test_map_is_deterministic_and_svi_is_not():

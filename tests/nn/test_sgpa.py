@@ -51,6 +51,15 @@ def _inputs(padded: bool = False):
     return tokens, mask
 
 
+def _guide(layer: SGPAttention, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whitened q(u): means and lower-triangular factors with a positive diagonal."""
+    torch.manual_seed(seed)
+    q_loc = torch.randn(layer.global_shape, dtype=torch.float64)
+    q_tril = torch.randn(*layer.global_shape, M, dtype=torch.float64).tril() * 0.5
+    q_tril.diagonal(dim1=-2, dim2=-1).abs_().add_(0.1)
+    return q_loc, q_tril
+
+
 def _numpy_kernel(layer: SGPAttention, x: np.ndarray, y: np.ndarray, head: int) -> np.ndarray:
     """k(x, y) of one head, from the formula (not the library's kernel)."""
     sf2 = np.exp(2 * layer.log_sf[head].item())
@@ -154,10 +163,7 @@ def test_sampled_output_has_the_posterior_moments(variant, covariance):
     analytic posterior's (full: the whole T×T matrix; diag: its diagonal)."""
     layer = _layer(variant, covariance=covariance)
     tokens, mask = _inputs()
-    torch.manual_seed(3)
-    q_loc = torch.randn(layer.global_shape, dtype=torch.float64)
-    q_tril = torch.randn(*layer.global_shape, M, dtype=torch.float64).tril() * 0.5
-    q_tril.diagonal(dim1=-2, dim2=-1).abs_().add_(0.1)
+    q_loc, q_tril = _guide(layer, 3)
     mean, cov = layer.posterior(tokens, mask, q_loc, q_tril)
     u0 = q_loc if variant == "decoupled" else None
     eps0 = torch.zeros(layer.noise_shape(B, T), dtype=torch.float64)
@@ -189,10 +195,7 @@ def test_sampled_output_has_the_posterior_moments(variant, covariance):
 def test_decoupled_posterior_is_the_orthogonally_decoupled_one(kernel):
     layer = _layer("decoupled", kernel)
     tokens, mask = _inputs()
-    torch.manual_seed(4)
-    q_loc = torch.randn(layer.global_shape, dtype=torch.float64)
-    q_tril = torch.randn(*layer.global_shape, M, dtype=torch.float64).tril() * 0.5
-    q_tril.diagonal(dim1=-2, dim2=-1).abs_().add_(0.1)
+    q_loc, q_tril = _guide(layer, 4)
     mean, cov = layer.posterior(tokens, mask, q_loc, q_tril)
     for row in range(B):
         for h in range(H):
@@ -221,10 +224,7 @@ def test_decoupled_posterior_is_the_orthogonally_decoupled_one(kernel):
 def test_decoupled_kl_terms_match_the_official_formulas():
     layer = _layer("decoupled")
     tokens, mask = _inputs()
-    torch.manual_seed(5)
-    q_loc = torch.randn(layer.global_shape, dtype=torch.float64)
-    q_tril = torch.randn(*layer.global_shape, M, dtype=torch.float64).tril() * 0.5
-    q_tril.diagonal(dim1=-2, dim2=-1).abs_().add_(0.1)
+    q_loc, q_tril = _guide(layer, 5)
     got = whitened_kl(q_loc, q_tril)
     prior = MultivariateNormal(torch.zeros(M).double(), torch.eye(M).double())
     want = kl_divergence(MultivariateNormal(q_loc, scale_tril=q_tril), prior).sum()
