@@ -332,3 +332,11 @@ class GPAttentionClassifier(AlignmentModel):
 
     def num_points(self, data: ClassificationData) -> int:
         return len(data)
+
+    def arviz_dims(self) -> dict[str, list[str]]:
+        """Named dims of the inducing outputs and the labels, for the ArviZ trees."""
+        dims: dict[str, list[str]] = {"y": ["sequence"]}
+        for index, layer in enumerate(self.sgpa_layers()):
+            if layer.variant == "decoupled":
+                dims[f"layer{index}.u"] = ["head", "value_dim", "inducing"]
+        return dims

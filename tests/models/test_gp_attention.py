@@ -218,3 +218,20 @@ def test_map_drops_the_variational_terms():
     fixed.compute_log_prob()
     assert (plain.nodes["layer0.kl"]["log_prob"] < 0).all()
     assert (fixed.nodes["layer0.kl"]["log_prob"] == 0).all()
+
+
+def test_compare_writes_trees_with_named_dims(tmp_path):
+    import xarray as xr
+
+    from pyro_attention.infer import compare
+
+    comparison = compare(
+        _model(num_layers=1), _data(24), _data(12, seed=1), ["svi-kl", "map"],
+        num_steps=3, num_samples=3, out=tmp_path, progress=False,
+    )
+    assert all(row["status"] == "ok" for row in comparison.rows)
+    tree = xr.open_datatree(tmp_path / "svi-kl.nc")
+    assert dict(tree.posterior["layer0.u"].sizes) == {
+        "chain": 1, "draw": 3, "head": 2, "value_dim": 2, "inducing": 3
+    }
+    assert "sequence" in tree.log_likelihood["y"].dims
