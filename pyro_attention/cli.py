@@ -173,6 +173,11 @@ def _parser() -> argparse.ArgumentParser:
     gp.add_argument("--inducing", type=int, default=16, help="global inducing points (16)")
     gp.add_argument("--dropout", type=float, default=0.1, help="MC dropout rate (default 0.1)")
     gp.add_argument("--ensemble-size", type=int, default=5, help="ensemble members (default 5)")
+    gp.add_argument(
+        "--heldout-classes",
+        default="8,9",
+        help="digits left out of training, their test images an OOD set (default 8,9; '' none)",
+    )
     cmp.add_argument(
         "--import",
         dest="imports",
@@ -483,6 +488,7 @@ def _compare_sgpa(args: argparse.Namespace) -> int:
         num_samples=10 if args.num_samples is None else args.num_samples,
         dropout=args.dropout,
         ensemble_size=args.ensemble_size,
+        heldout_classes=tuple(_int_list(args.heldout_classes, "--heldout-classes")),
     )
     if args.d_model % args.heads:
         raise ValueError(f"--d-model {args.d_model} must be a multiple of --heads {args.heads}")

@@ -23,7 +23,7 @@ COLUMNS = {
         ("ece_all", "ECE all"),
         ("ood_auroc_rotated", "AUROC rotated"),
         ("ood_auroc_noise", "AUROC noise"),
-        ("ood_auroc_entropy_noise", "AUROC noise (entropy)"),
+        ("ood_auroc_heldout", "AUROC held-out 8, 9"),
         ("rotated_accuracy", "acc rotated"),
         ("seconds", "s"),
     ],
@@ -57,7 +57,9 @@ def bayes_row(summary: dict, columns: list, seeds: list[int]) -> str:
     from pyro_attention.diagnostics.calibration import classification_metrics, mean_and_error
     from pyro_attention.experiments.compare_sgpa import SGPASettings, make_task
 
-    settings = SGPASettings(**summary["settings"])
+    settings = SGPASettings(
+        **{**summary["settings"], "heldout_classes": tuple(summary["settings"]["heldout_classes"])}
+    )
     rows = []
     for seed in seeds:
         test = make_task("sequence", seed, settings).test

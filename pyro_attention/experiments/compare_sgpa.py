@@ -83,6 +83,8 @@ class SGPASettings:
     :param num_train: training sequences (a low-data regime: softmax over-fits; default
         :data:`NUM_TRAIN` per task);
     :param steps: full-batch Adam steps (epochs; no early stopping); :param lr: its rate.
+    :param heldout_classes: digits left out of training, testing and validation; their test
+        images form the shifted set ``heldout`` (digits task only).
     """
 
     num_train: int | None = None
@@ -97,6 +99,7 @@ class SGPASettings:
     num_samples: int = 10
     dropout: float = 0.1
     ensemble_size: int = 5
+    heldout_classes: tuple[int, ...] = (8, 9)
 
     def __post_init__(self) -> None:
         if self.num_train is not None and (
@@ -126,6 +129,15 @@ class SGPASettings:
             raise ValueError(f"lr must be a finite positive number, got {self.lr!r}")
         if not (0 < self.dropout < 1):
             raise ValueError(f"dropout must lie in (0, 1), got {self.dropout!r}")
+        classes = self.heldout_classes
+        if not isinstance(classes, tuple) or any(
+            isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 9 for c in classes
+        ):
+            raise ValueError(f"heldout_classes must be a tuple of digits 0..9, got {classes!r}")
+        if len(set(classes)) != len(classes) or len(classes) > 8:
+            raise ValueError(
+                f"heldout_classes={classes} must hold distinct digits and leave at least 2 of 10"
+            )
         if self.covariance not in ("diag", "full"):
             raise ValueError(f"covariance must be 'diag' or 'full', got {self.covariance!r}")
 
@@ -160,6 +172,7 @@ def make_task(
             num_val=settings.num_val,
             patch=2,
             seed=seed,
+            heldout_classes=settings.heldout_classes,
             dtype=dtype,
             device=device,
         )
@@ -172,7 +185,7 @@ def make_task(
             digits.val,
             digits.test,
             dict(digits.ood),
-            {**options, "max_len": digits.train.seq_len, "num_classes": 10},
+            {**options, "max_len": digits.train.seq_len, "num_classes": digits.train.num_classes},
         )
     # the sequence task
     valence = make_valence_task(

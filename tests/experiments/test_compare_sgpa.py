@@ -82,6 +82,8 @@ def test_a_failing_row_keeps_the_others(tmp_path, monkeypatch):
     assert result.failed == ["kernel"]
     assert result.rows[1]["status"] == "error: RuntimeError: broken on purpose"
     assert result.rows[0]["status"] == "ok"
+    # digits 8 and 9 are held out: an 8-class task, their test images an OOD set
+    assert {"ood_auroc_heldout", "ood_auroc_rotated", "ood_auroc_noise"} <= set(result.rows[0])
     assert "kernel (seed 0): error" in str(result)
 
 
@@ -140,6 +142,10 @@ def test_bad_options_are_refused_before_work(kwargs, match, monkeypatch):
         ("lr", -1.0, "lr must be a finite positive number"),
         ("dropout", 0.0, "dropout must lie in"),
         ("covariance", "low-rank", "covariance must be"),
+        ("heldout_classes", (8, 8), "distinct digits"),
+        ("heldout_classes", tuple(range(9)), "leave at least 2"),
+        ("heldout_classes", (10,), "digits 0..9"),
+        ("heldout_classes", [8], "must be a tuple"),
     ],
 )
 def test_bad_settings_are_refused(field, value, match):
