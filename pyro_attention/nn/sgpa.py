@@ -325,12 +325,12 @@ class SGPAttention(nn.Module):
         return f * keep.unsqueeze(-1), kl
 
     def _decoupled_parts(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:math:`A = L^{-1} K_{gq}` ``(..., B, H, M, T)`` and :math:`C = K_{qq} - A^\\top A`
-        ``(..., B, H, T, T)``."""
+        """:math:`A = L^{-1} K_{gq}` ``(..., B, H, M, T)`` and :math:`K_{qq}` ``(..., B, H, T,
+        T)``; :math:`C = K_{qq} - A^\\top A` is formed only where the full matrix is needed."""
         g = self.inducing_keys()
         chol = self._cholesky(self._kernel(g, g))  # (H, M, M)
         a = torch.linalg.solve_triangular(chol, self._kernel(g, q), upper=False)
-        return a, self._kernel(q, q) - a.transpose(-1, -2) @ a
+        return a, self._kernel(q, q)
 
     def _standard_parts(
         self, q: torch.Tensor, keep: torch.Tensor, tokens: torch.Tensor
@@ -346,11 +346,16 @@ class SGPAttention(nn.Module):
         return k_kk, self._cholesky(k_kk), s
 
     def _decoupled(self, q, v, keep, u, eps):
-        a, cond = self._decoupled_parts(q)
-        c_v = cond @ v
-        mean = c_v + a.transpose(-1, -2) @ u.transpose(-1, -2)  # (..., B, H, T, d_v)
+        a, k_qq = self._decoupled_parts(q)
+        a_t = a.transpose(-1, -2)
+        c_v = k_qq @ v - a_t @ (a @ v)  # C v without the T×T matrix A^T A: O(T M d_v)
+        mean = c_v + a_t @ u.transpose(-1, -2)  # (..., B, H, T, d_v)
         kl = 0.5 * (v * c_v).sum((-3, -2, -1))
-        return mean + self._noise(cond, keep, eps), kl
+        if self.covariance == "full":
+            return mean + self._full_noise(k_qq - a_t @ a, keep, eps), kl
+        floor = self._jitter(q.dtype) * self.log_sf.exp().pow(2)[:, None]
+        var = (k_qq.diagonal(dim1=-2, dim2=-1) - a.pow(2).sum(-2)).clamp_min(floor)
+        return mean + var.sqrt().unsqueeze(-1) * eps, kl
 
     def _standard(self, q, v, keep, tokens, eps):
         _, chol, s = self._standard_parts(q, keep, tokens)
@@ -362,16 +367,13 @@ class SGPAttention(nn.Module):
         std = (chol.pow(2) @ s.pow(2)).sqrt()  # diag(L diag(s²) Lᵀ)
         return mean + std * eps, kl
 
-    def _noise(self, cond: torch.Tensor, keep: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """:math:`\\sqrt{\\mathrm{diag}\\,C}\\,\\varepsilon` or :math:`\\mathrm{chol}(C)\\,
-        \\varepsilon`, padding rows kept apart."""
-        if self.covariance == "full":
-            pair = keep.unsqueeze(-1) * keep.unsqueeze(-2)
-            eye = torch.eye(cond.shape[-1], dtype=cond.dtype, device=cond.device)
-            return self._cholesky(cond * pair + eye * (1 - keep.unsqueeze(-1))) @ eps
-        floor = self._jitter(cond.dtype) * self.log_sf.exp().pow(2)[:, None]
-        var = cond.diagonal(dim1=-2, dim2=-1).clamp_min(floor)
-        return var.sqrt().unsqueeze(-1) * eps
+    def _full_noise(
+        self, cond: torch.Tensor, keep: torch.Tensor, eps: torch.Tensor
+    ) -> torch.Tensor:
+        """:math:`\\mathrm{chol}(C)\\,\\varepsilon`, padding rows kept apart."""
+        pair = keep.unsqueeze(-1) * keep.unsqueeze(-2)
+        eye = torch.eye(cond.shape[-1], dtype=cond.dtype, device=cond.device)
+        return self._cholesky(cond * pair + eye * (1 - keep.unsqueeze(-1))) @ eps
 
     # ------------------------------------------------------------------ analytic posterior
     def posterior(
@@ -393,7 +395,8 @@ class SGPAttention(nn.Module):
             return k_kk @ v, scaled @ scaled.transpose(-1, -2)
         if q_loc is None or q_scale_tril is None:
             raise ValueError("decoupled SGPA's posterior needs q_loc and q_scale_tril")
-        a, cond = self._decoupled_parts(q)
+        a, k_qq = self._decoupled_parts(q)
+        cond = k_qq - a.transpose(-1, -2) @ a
         mean = cond @ v + a.transpose(-1, -2) @ q_loc.transpose(-1, -2)
         st_a = q_scale_tril.transpose(-1, -2) @ a.unsqueeze(-3)  # (..., H, d_v, M, T)
         cov = cond.unsqueeze(-3) + st_a.transpose(-1, -2) @ st_a
