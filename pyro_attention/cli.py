@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
         "--methods",
         default=None,
         help=f"comma-separated methods (default: all the model supports); "
-        f"known: {','.join(method_names())}",
+        f"known: {','.join(method_names())}; sgpa rows: softmax, kernel, sgpa, "
+        "sgpa-official-kl, sgpa-standard, mc-dropout, temperature, ensemble",
     )
     cmp.add_argument(
         "--steps",
@@ -276,8 +277,28 @@ def _method_names(args: argparse.Namespace, default: Sequence[str]) -> list[str]
         return list(default)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not names:
-        raise ValueError(f"--methods {args.methods!r} names no method; e.g. --methods enum,cavi")
+        example = ",".join(default[:2])
+        raise ValueError(f"--methods {args.methods!r} names no method; e.g. --methods {example}")
     return names
+
+
+#: the options ``compare sgpa`` reads; the others belong to other comparisons
+SGPA_OPTIONS = frozenset(
+    {"command", "model", "methods", "steps", "lr", "num_samples", "covariance", "task"}
+    | {"num_train", "seeds", "d_model", "heads", "layers", "inducing", "dropout"}
+    | {"ensemble_size", "heldout_classes", "imports", "device", "dtype", "seed", "out"}
+    | {"no_progress", "threads"}
+)
+
+
+def _refuse_foreign_options(args: argparse.Namespace, allowed: frozenset[str]) -> None:
+    """Refuse an option given on the command line that this comparison does not read."""
+    defaults = vars(_parser().parse_args([args.command, args.model]))
+    for dest, value in vars(args).items():
+        if dest not in allowed and value != defaults.get(dest):
+            raise ValueError(
+                f"--{dest.replace('_', '-')} does not apply to compare {args.model}; drop it"
+            )
 
 
 def _import_user_modules(names: Sequence[str]) -> None:
@@ -474,8 +495,11 @@ def _seeds(text: str, first: int) -> list[int]:
 def _compare_sgpa(args: argparse.Namespace) -> int:
     from pyro_attention.experiments.compare_sgpa import SGPA_METHODS, SGPASettings, compare_sgpa
 
+    _refuse_foreign_options(args, SGPA_OPTIONS)
     device = _device(args.device)
     task = args.task or "digits"
+    if task == "sequence" and args.heldout_classes != "8,9":
+        raise ValueError("--heldout-classes applies to --task digits only")
     settings = SGPASettings(
         num_train=args.num_train,
         steps=600 if args.steps is None else args.steps,

@@ -75,14 +75,19 @@ class ClassificationData:
                 raise ValueError("integer token inputs need vocab_size >= 2 (id 0 is padding)")
             if x.min() < 0 or x.max() >= self.vocab_size:
                 raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
-        if self.true_probs is not None and tuple(self.true_probs.shape) != (
-            x.shape[0],
-            self.num_classes,
-        ):
-            raise ValueError(
-                f"true_probs must have shape ({x.shape[0]}, {self.num_classes}), got "
-                f"{tuple(self.true_probs.shape)}"
-            )
+        if x.dim() == 3 and self.vocab_size is not None:
+            raise ValueError("vocab_size is for token ids; feature inputs (N, T, F) take none")
+        probs = self.true_probs
+        if probs is not None:
+            if tuple(probs.shape) != (x.shape[0], self.num_classes):
+                raise ValueError(
+                    f"true_probs must have shape ({x.shape[0]}, {self.num_classes}), got "
+                    f"{tuple(probs.shape)}"
+                )
+            if not torch.isfinite(probs).all() or (probs < 0).any():
+                raise ValueError("true_probs must be finite and non-negative")
+            if not torch.allclose(probs.sum(-1), probs.new_ones(()).expand(len(probs)), atol=1e-4):
+                raise ValueError("true_probs rows must sum to 1 (probabilities, not logits)")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -228,6 +228,9 @@ def predict(
     """:math:`\\frac1S\\sum_s p(y \\mid x, \\theta_s)` with ``θ_s`` from the fit's guide (GP
     noise and inducing outputs) and the model's dropout where it has any; one draw for a
     deterministic fit."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    data = model.check_data(data)
     deterministic = result.method.point_estimate and not _has_dropout(model)
     draws = 1 if deterministic else num_samples
     predictive = result.method.predictive(model.model)
@@ -414,6 +417,9 @@ class SGPAComparison:
     settings: SGPASettings
     rows: list[dict[str, Any]]
     files: list[Path] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    device: str = "cpu"
+    dtype: str = "float32"
 
     @property
     def failed(self) -> list[str]:
@@ -435,10 +441,16 @@ class SGPAComparison:
         return out
 
     def summary(self) -> dict[str, Any]:
+        settings = dict(vars(self.settings))
+        if self.task != "digits":  # held-out classes are a digits setting
+            settings.pop("heldout_classes")
         return {
             "model": "gp-attention",
             "task": self.task,
-            "settings": vars(self.settings),
+            "seeds": self.seeds,
+            "device": self.device,
+            "dtype": self.dtype,
+            "settings": settings,
             "results": self.rows,
             "aggregate": self.aggregate(),
         }
@@ -512,7 +524,9 @@ def compare_sgpa(
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"--out {folder} is a file; name a folder")
         folder.mkdir(parents=True, exist_ok=True)
-    comparison = SGPAComparison(task, settings, [])
+    comparison = SGPAComparison(
+        task, settings, [], seeds=seeds, device=str(device), dtype=str(dtype).removeprefix("torch.")
+    )
     curves: dict[str, Any] = {}
     for seed in seeds:
         data = make_task_fn(task, seed, settings, device=device, dtype=dtype)
@@ -527,7 +541,9 @@ def compare_sgpa(
             if merged is not None and seed == seeds[0]:
                 curves[name] = reliability_bins(merged["test"].probs, data.test.labels)
                 if folder is not None and merged["test"].draws:
-                    comparison.files.append(_write_tree(folder, name, merged["test"], data, row))
+                    point = RECIPES[name].method == "map"
+                    tree = _write_tree(folder, name, merged["test"], data, row, point)
+                    comparison.files.append(tree)
             if folder is not None:
                 comparison.files.append(write_json(folder / "summary.json", comparison.summary()))
     if folder is not None and curves:
@@ -540,27 +556,36 @@ def compare_sgpa(
 
 def _error(err: Exception) -> str:
     first = str(err).splitlines()[0] if str(err) else ""
+    if "invalid values" in first or "nan" in first.lower():
+        first += " (the fit diverged to non-finite values: lower the learning rate)"
     return f"error: {type(err).__name__}: {first}"
 
 
 def _write_tree(
-    folder: Path, name: str, prediction: Prediction, data: TaskData, row: dict[str, Any]
+    folder: Path,
+    name: str,
+    prediction: Prediction,
+    data: TaskData,
+    row: dict[str, Any],
+    point_estimate: bool,
 ) -> Path:
     """The row's posterior of the global inducing outputs, the pointwise held-out
-    log-likelihood and the test labels as an ArviZ DataTree."""
-    posterior = {key.replace(".", "_"): value for key, value in prediction.draws.items()}
-    dims = {key: ["head", "value_dim", "inducing"] for key in posterior}
+    log-likelihood per draw (not for a point estimate, where LOO has nothing to weigh) and the
+    test labels as an ArviZ DataTree."""
+    dims = {key: ["head", "value_dim", "inducing"] for key in prediction.draws}
     dims["y"] = ["sequence"]
     tree = to_datatree(
-        posterior,
-        log_likelihood={"y": prediction.log_lik},
+        prediction.draws,
+        log_likelihood=None if point_estimate else {"y": prediction.log_lik},
         observed_data={"y": data.test.labels},
         dims=dims,
         attrs={
             "method": name,
             "model": "gp-attention",
             "task": data.name,
-            "log_likelihood": "held-out test sequences",
+            "seed": row["seed"],
+            "point_estimate": point_estimate,
+            "log_likelihood": "held-out test sequences, per predictive draw",
             "accuracy": row["accuracy"],
             "nll": row["nll"],
         },

@@ -226,7 +226,7 @@ def check_model(model_obj: AlignmentModel, data: Any) -> ModelStructure:
             "README)"
         ) from err
     leading = ll.shape[0] if ll.dim() else 0
-    if leading != num:
+    if leading != (num if samples else 1):  # without global latents: one "draw"
         raise ValueError(
             f"{structure.model}: its pointwise log-likelihood has shape {tuple(ll.shape)}, "
             "not (draws, ...): declare the data plate(s) with an explicit dim= and keep the "

@@ -140,7 +140,7 @@ class GPAttentionClassifier(AlignmentModel):
     Example::
 
         model = GPAttentionClassifier(num_classes=10, feature_dim=4, max_len=16)
-        result = fit(model, "svi-kl", task.train, num_steps=500, lr=3e-3)
+        result = fit(model, task.train, "svi-kl", num_steps=500, lr=3e-3)
     """
 
     name: ClassVar[str] = "gp-attention"
@@ -200,6 +200,8 @@ class GPAttentionClassifier(AlignmentModel):
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         if not (kl_scale > 0 and math.isfinite(kl_scale)):
             raise ValueError(f"kl_scale must be a finite positive number, got {kl_scale!r}")
+        if not (init_scale > 0 and math.isfinite(init_scale)):
+            raise ValueError(f"init_scale must be a finite positive number, got {init_scale!r}")
         self.attention, self.variant = attention, variant
         self.kernel, self.covariance = kernel, covariance
         self.kl_scale = float(kl_scale)
@@ -314,9 +316,11 @@ class GPAttentionClassifier(AlignmentModel):
                 f"the data has {data.num_classes} classes; the model {self.num_classes}"
             )
         if data.seq_len > self.max_len:
+            longest = int(data.mask.sum(-1).max())
             raise ValueError(
-                f"sequences of length {data.seq_len} exceed max_len={self.max_len}; build the "
-                "model with a larger max_len"
+                f"the data is padded to length {data.seq_len} > max_len={self.max_len} (its "
+                f"longest sequence has {longest} real tokens); build the model with a larger "
+                "max_len, or trim the padding"
             )
         device = self.net.head.weight.device
         if data.labels.device != device:

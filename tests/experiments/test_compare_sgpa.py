@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-import xarray as xr
 
 from pyro_attention.cli import main
+from pyro_attention.diagnostics import load_datatree
 from pyro_attention.experiments import compare_sgpa as module
 from pyro_attention.experiments.compare_sgpa import (
     SGPA_METHODS,
@@ -48,6 +48,8 @@ def test_every_row_is_scored_for_every_seed(sequence_run):
     assert ensemble["steps"] == 2 * TINY.steps and ensemble["num_samples"] == 2
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["results"]) == 16 and summary["task"] == "sequence"
+    assert summary["seeds"] == [0, 1] and summary["dtype"] == "float32"
+    assert "heldout_classes" not in summary["settings"]
     aggregate = {row["method"]: row for row in summary["aggregate"]}
     accuracies = [r["accuracy"] for r in result.rows if r["method"] == "sgpa"]
     assert aggregate["sgpa"]["accuracy"] == pytest.approx(sum(accuracies) / 2)
@@ -58,12 +60,15 @@ def test_every_row_is_scored_for_every_seed(sequence_run):
 def test_trees_hold_the_inducing_posterior_and_the_heldout_likelihood(sequence_run):
     _, out = sequence_run
     assert {p.name for p in out.glob("*.nc")} == {"kernel.nc", "sgpa.nc", "sgpa-official-kl.nc"}
-    tree = xr.open_datatree(out / "sgpa.nc")
-    assert dict(tree.posterior["layer0_u"].sizes) == {
+    tree = load_datatree(out / "sgpa.nc")
+    assert tree.attrs["seed"] == 0 and not tree.attrs["point_estimate"]
+    assert dict(tree.posterior["layer0.u"].sizes) == {
         "chain": 1, "draw": 3, "head": 2, "value_dim": 4, "inducing": 4
     }
     assert dict(tree.log_likelihood["y"].sizes) == {"chain": 1, "draw": 3, "sequence": 1000}
     assert (out / "reliability.png").stat().st_size > 0
+    kernel = load_datatree(out / "kernel.nc")  # a point estimate: nothing for LOO to weigh
+    assert kernel.attrs["point_estimate"] and "log_likelihood" not in kernel.children
 
 
 def test_a_failing_row_keeps_the_others(tmp_path, monkeypatch):
@@ -182,7 +187,11 @@ def test_cli_runs_both_tasks_small(tmp_path, capsys):
         (["--seeds", "x"], "neither a count"),
         (["--d-model", "7"], "must be a multiple of --heads"),
         (["--steps", "-1"], "steps must be a positive integer"),
-        (["--methods", ""], "names no method"),
+        (["--methods", ""], "--methods softmax,kernel"),
+        (["--subsample-size", "8"], "--subsample-size does not apply to compare sgpa"),
+        (["--epochs", "2"], "--epochs does not apply to compare sgpa"),
+        (["--components", "3"], "--components does not apply"),
+        (["--task", "sequence", "--heldout-classes", "1"], "applies to --task digits only"),
     ],
 )
 def test_cli_refuses_bad_options(argv, match, tmp_path, capsys):

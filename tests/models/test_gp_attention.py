@@ -176,6 +176,7 @@ def test_map_is_deterministic_and_svi_is_not():
         ({"dropout": 1.0}, "dropout must lie in"),
         ({"kl_scale": 0.0}, "kl_scale must be a finite positive number"),
         ({"kl_scale": float("inf")}, "kl_scale must be a finite positive number"),
+        ({"init_scale": 0.0}, "init_scale must be a finite positive number"),
     ],
 )
 def test_bad_options_are_refused(kwargs, match):
@@ -196,7 +197,7 @@ def test_bad_data_is_refused_before_work():
         torch.zeros(2, dtype=torch.long),
         3,
     )
-    with pytest.raises(ValueError, match="exceed max_len=4"):
+    with pytest.raises(ValueError, match="padded to length 6 > max_len=4"):
         model.check_data(longer)
     with pytest.raises(ValueError, match=r"are torch\.float32 but the model is torch\.float64"):
         model.check_data(data.to(dtype=torch.float32))
@@ -218,6 +219,18 @@ def test_map_drops_the_variational_terms():
     fixed.compute_log_prob()
     assert (plain.nodes["layer0.kl"]["log_prob"] < 0).all()
     assert (fixed.nodes["layer0.kl"]["log_prob"] == 0).all()
+
+
+@pytest.mark.parametrize("options", [{"variant": "standard"}, {"attention": "softmax"}])
+def test_compare_scores_models_without_global_latents(options):
+    from pyro_attention.infer import compare
+
+    comparison = compare(
+        _model(num_layers=1, **options), _data(24), _data(12, seed=1), num_steps=3,
+        num_samples=3, progress=False,
+    )
+    assert [row["method"] for row in comparison.rows] == ["svi", "svi-kl", "map"]
+    assert all(row["status"] == "ok" for row in comparison.rows)
 
 
 def test_compare_writes_trees_with_named_dims(tmp_path):
