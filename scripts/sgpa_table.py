@@ -57,9 +57,9 @@ def bayes_row(summary: dict, columns: list, seeds: list[int]) -> str:
     from pyro_attention.diagnostics.calibration import classification_metrics, mean_and_error
     from pyro_attention.experiments.compare_sgpa import SGPASettings, make_task
 
-    settings = SGPASettings(
-        **{**summary["settings"], "heldout_classes": tuple(summary["settings"]["heldout_classes"])}
-    )
+    options = dict(summary["settings"])
+    options["heldout_classes"] = tuple(options.get("heldout_classes", ()))
+    settings = SGPASettings(**options)
     rows = []
     for seed in seeds:
         test = make_task("sequence", seed, settings).test
