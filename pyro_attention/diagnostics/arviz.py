@@ -44,7 +44,7 @@ TREE_SAMPLE_DIMS: tuple[str, str] = ("chain", "draw")
 _INPUT_LAYOUTS: tuple[tuple[str, ...], ...] = (("sample",), ("chain", "draw"))
 _RESERVED_DIMS = frozenset({"sample", "chain", "draw"})
 _RESERVED_ATTRS = frozenset({"sample_dims", "input_sample_dims"})
-_SAMPLE_GROUPS = ("posterior", "log_likelihood", "sample_stats")
+_SAMPLE_GROUPS = ("posterior", "posterior_predictive", "log_likelihood", "sample_stats")
 #: Attribute (per group) listing the attrs that :func:`save_datatree` stored as JSON text.
 _JSON_ATTRS_KEY = "pyro_attention_json_attrs"
 
@@ -229,6 +229,7 @@ def to_datatree(
     log_likelihood: Mapping[str, ArrayLike] | None = None,
     observed_data: Mapping[str, ArrayLike] | None = None,
     sample_stats: Mapping[str, ArrayLike] | None = None,
+    posterior_predictive: Mapping[str, ArrayLike] | None = None,
     dims: Mapping[str, Sequence[str]] | None = None,
     coords: Mapping[str, Sequence] | None = None,
     attrs: Mapping[str, object] | None = None,
@@ -250,6 +251,8 @@ def to_datatree(
     :param observed_data: the observed values per site, shape ``data_shape`` (no sample dims).
     :param sample_stats: per-draw sampler statistics (e.g. ``diverging``, ``lp``), shape
         ``sample_shape + ...``.
+    :param posterior_predictive: draws of the observed variables from the posterior predictive,
+        shape ``sample_shape + data_shape`` (for ``arviz_plots.plot_ppc_*``).
     :param dims: names of the non-sample dims per variable, shared by all groups, e.g.
         ``{"locs": ["component", "feature"], "obs": ["data", "feature"]}``. Entries for variables
         that are not given are ignored; unnamed dims get ArviZ's ``<var>_dim_<i>``. As in ArviZ,
@@ -286,6 +289,7 @@ def to_datatree(
     groups: dict[str, dict[str, np.ndarray]] = {}
     for group, values in (
         ("posterior", posterior),
+        ("posterior_predictive", posterior_predictive),
         ("log_likelihood", log_likelihood),
         ("sample_stats", sample_stats),
         ("observed_data", observed_data),

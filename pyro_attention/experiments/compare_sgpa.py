@@ -212,11 +212,20 @@ def make_task(
 @dataclass
 class Prediction:
     """What one row predicts on one set: averaged probabilities ``(N, C)``, and per draw the
-    log-likelihood of the labels ``(S, N)`` and the global draws ``{site: (S, ...)}``."""
+    log-likelihood of the labels ``(S, N)``, the class probabilities ``(S, N, C)`` and the
+    global draws ``{site: (S, ...)}``."""
 
     probs: torch.Tensor
     log_lik: torch.Tensor
+    draw_probs: torch.Tensor
     draws: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def sample_labels(self, seed: int) -> torch.Tensor:
+        """One label per draw and sequence from the draw's probabilities, ``(S, N)``."""
+        generator = torch.Generator(device=self.draw_probs.device).manual_seed(seed)
+        flat = self.draw_probs.reshape(-1, self.draw_probs.shape[-1])
+        labels = torch.multinomial(flat, 1, generator=generator)
+        return labels.reshape(self.draw_probs.shape[:-1])
 
 
 def predict(
@@ -249,7 +258,8 @@ def predict(
                 {n: site_value(site) for n, site in trace.nodes.items() if n.endswith(".u")}
             )
     stacked = {name: torch.stack([g[name] for g in globals_]) for name in globals_[0]}
-    return Prediction(torch.stack(probs).mean(0), torch.stack(log_lik), stacked)
+    per_draw = torch.stack(probs)
+    return Prediction(per_draw.mean(0), torch.stack(log_lik), per_draw, stacked)
 
 
 def _has_dropout(model: GPAttentionClassifier) -> bool:
@@ -367,7 +377,8 @@ def run_row(
             for key, data in sets.items():
                 logits = _logits(model, result, data) / temperature
                 log_lik = torch.log_softmax(logits, -1).gather(-1, data.labels[:, None])
-                predictions[key].append(Prediction(logits.softmax(-1), log_lik.T))
+                probs = logits.softmax(-1)
+                predictions[key].append(Prediction(probs, log_lik.T, probs.unsqueeze(0)))
         else:
             for key, data in sets.items():
                 predictions[key].append(predict(model, result, data, settings.num_samples))
@@ -404,7 +415,9 @@ def _merge(parts: list[Prediction]) -> Prediction:
     if len(parts) == 1:
         return parts[0]
     return Prediction(
-        torch.stack([p.probs for p in parts]).mean(0), torch.cat([p.log_lik for p in parts])
+        torch.stack([p.probs for p in parts]).mean(0),
+        torch.cat([p.log_lik for p in parts]),
+        torch.cat([p.draw_probs for p in parts]),
     )
 
 
@@ -569,14 +582,15 @@ def _write_tree(
     row: dict[str, Any],
     point_estimate: bool,
 ) -> Path:
-    """The row's posterior of the global inducing outputs, the pointwise held-out
-    log-likelihood per draw (not for a point estimate, where LOO has nothing to weigh) and the
-    test labels as an ArviZ DataTree."""
+    """The row's posterior of the global inducing outputs, its posterior predictive (a label
+    per draw and test sequence), the pointwise held-out log-likelihood per draw (not for a
+    point estimate, where LOO has nothing to weigh) and the test labels as an ArviZ DataTree."""
     dims = {key: ["head", "value_dim", "inducing"] for key in prediction.draws}
     dims["y"] = ["sequence"]
     tree = to_datatree(
         prediction.draws,
         log_likelihood=None if point_estimate else {"y": prediction.log_lik},
+        posterior_predictive={"y": prediction.sample_labels(int(row["seed"]))},
         observed_data={"y": data.test.labels},
         dims=dims,
         attrs={

@@ -334,3 +334,18 @@ def test_refuses_nan_empty_and_bad_dims() -> None:
         to_datatree({"a": np.zeros(10)}, attrs={"sample_dims": ["sample"]})
     with pytest.raises(TypeError, match=r"attrs\['fn'\]"):
         to_datatree({"a": np.zeros(10)}, attrs={"fn": print})
+
+
+def test_posterior_predictive_group_round_trips(tmp_path) -> None:
+    draws = torch.randint(0, 3, (6, 4))
+    dt = to_datatree(
+        {"u": torch.randn(6, 2)},
+        posterior_predictive={"y": draws},
+        observed_data={"y": torch.tensor([0, 1, 2, 0])},
+        dims={"y": ["sequence"]},
+    )
+    assert dict(dt.posterior_predictive["y"].sizes) == {"chain": 1, "draw": 6, "sequence": 4}
+    back = load_datatree(save_datatree(dt, tmp_path / "ppc.nc"))
+    np.testing.assert_array_equal(back.posterior_predictive["y"].values[0], draws.numpy())
+    with pytest.raises(ValueError, match="leading sample shape"):
+        to_datatree({"u": torch.randn(6, 2)}, posterior_predictive={"y": draws[:5]})

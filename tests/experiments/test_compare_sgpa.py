@@ -66,6 +66,8 @@ def test_trees_hold_the_inducing_posterior_and_the_heldout_likelihood(sequence_r
         "chain": 1, "draw": 3, "head": 2, "value_dim": 4, "inducing": 4
     }
     assert dict(tree.log_likelihood["y"].sizes) == {"chain": 1, "draw": 3, "sequence": 1000}
+    assert dict(tree.posterior_predictive["y"].sizes) == {"chain": 1, "draw": 3, "sequence": 1000}
+    assert set(tree.posterior_predictive["y"].values.ravel().tolist()) <= {0, 1}
     assert (out / "reliability.png").stat().st_size > 0
     kernel = load_datatree(out / "kernel.nc")  # a point estimate: nothing for LOO to weigh
     assert kernel.attrs["point_estimate"] and "log_likelihood" not in kernel.children
