@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,7 +299,7 @@ class RowRecipe:
     attention: str = "sgpa"
     variant: str = "decoupled"
     method: str = "svi-kl"
-    dropout: float = 0.0
+    mc_dropout: bool = False
     official_kl: bool = False
 
 
@@ -309,7 +309,7 @@ RECIPES: dict[str, RowRecipe] = {
     "sgpa": RowRecipe(),
     "sgpa-official-kl": RowRecipe(official_kl=True),
     "sgpa-standard": RowRecipe(variant="standard"),
-    "mc-dropout": RowRecipe(attention="softmax", method="map", dropout=-1.0),
+    "mc-dropout": RowRecipe(attention="softmax", method="map", mc_dropout=True),
     "temperature": RowRecipe(attention="softmax", method="map"),
     "ensemble": RowRecipe(attention="softmax", method="map"),
 }
@@ -334,7 +334,7 @@ def _fit_one(
         variant=recipe.variant,
         num_inducing=settings.num_inducing,
         covariance=settings.covariance,
-        dropout=settings.dropout if recipe.dropout < 0 else recipe.dropout,
+        dropout=settings.dropout if recipe.mc_dropout else 0.0,
         kl_scale=float(len(task.train)) if recipe.official_kl else 1.0,
     ).to(device=task.train.labels.device, dtype=dtype)
     result = fit(
@@ -504,7 +504,6 @@ def compare_sgpa(
     dtype: torch.dtype = torch.float32,
     out: str | Path | None = None,
     progress: bool = True,
-    make_task_fn: Callable[..., TaskData] = make_task,
 ) -> SGPAComparison:
     """Fit every row for every seed on ``task`` and score it; write ``summary.json`` after each
     (a failing row gets its error and the others go on), ``reliability.png`` and, for the rows
@@ -542,7 +541,7 @@ def compare_sgpa(
     )
     curves: dict[str, Any] = {}
     for seed in seeds:
-        data = make_task_fn(task, seed, settings, device=device, dtype=dtype)
+        data = make_task(task, seed, settings, device=device, dtype=dtype)
         for name in names:
             pyro.clear_param_store()
             try:
