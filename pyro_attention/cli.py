@@ -28,10 +28,13 @@ from typing import Any
 
 import torch
 
+from pyro_attention._run_folder import check_output_folder
 from pyro_attention._validation import check_positive_int
 from pyro_attention.infer.registry import get_method, method_names
 
 MODELS = ("gmm", "alignment", "digits", "sgpa")
+#: the comparisons that ``--resume`` continues
+RESUMABLE = ("gmm", "digits")
 #: the digits comparison's default methods: closed-form EM against three gradient methods
 DIGITS_DEFAULT_METHODS = ("em", "enum", "gumbel", "reinforce")
 #: the GMM comparison's default methods: ``soft`` (one averaged Gaussian, not a mixture) and
@@ -191,7 +194,18 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     cmp.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     cmp.add_argument("--seed", type=int, default=0)
-    cmp.add_argument("--out", default=None, help="output folder (default runs/<model>)")
+    cmp.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default runs/<model>), owned by one run at a time; the files of the "
+        "previous run in it are replaced",
+    )
+    cmp.add_argument(
+        "--resume",
+        action="store_true",
+        help="gmm, digits: finish the interrupted run in --out (same options): finished methods "
+        "are kept, the interrupted one goes on from its checkpoint",
+    )
     cmp.add_argument("--no-progress", action="store_true", help="hide progress bars")
     cmp.add_argument(
         "--threads",
@@ -353,8 +367,11 @@ def _run_compare(
         seed=args.seed,
         dataset=dataset,
         out=args.out,
+        resume=args.resume,
         progress=not args.no_progress,
     )
+    if result.resumed:
+        print(f"resumed: {', '.join(result.resumed)} taken from the interrupted run in {args.out}")
     print(result)
     return result
 
@@ -401,25 +418,34 @@ def _compare_digits(args: argparse.Namespace) -> int:
             raise ValueError("--transformer-steps must be >= 0 (0 leaves the transformer out)")
     comparison = _run_compare(model, digits.train, digits.test, methods, "digits8x8", args)
     if not args.no_lookup:
-        from pyro_attention._io import write_json
+        from pyro_attention._run_folder import RunFolder
         from pyro_attention.experiments.digits_lookup import digits_lookup
 
-        lookup = digits_lookup(
-            {name: draws.samples for name, draws in comparison.draws.items()},
-            digits.train,
-            digits.test,
-            image_shape=digits.image_shape,
-            knn=args.knn,
-            transformer_steps=args.transformer_steps,
-            seed=args.seed,
-            out=args.out,
-            progress=not args.no_progress,
-        )
-        comparison.sections["lookup"] = {"settings": lookup.settings, "results": lookup.rows}
-        comparison.files += [
-            *lookup.files,
-            write_json(Path(args.out) / "summary.json", comparison.summary()),
-        ]
+        with RunFolder(args.out, resume=True, option="--out", seed=args.seed) as folder:
+            folder.adopt_previous_files()
+            comparison.folder = folder
+            comparison.write_summary("running")
+            state = "interrupted"
+            try:
+                lookup = digits_lookup(
+                    {name: draws.samples for name, draws in comparison.draws.items()},
+                    digits.train,
+                    digits.test,
+                    image_shape=digits.image_shape,
+                    knn=args.knn,
+                    transformer_steps=args.transformer_steps,
+                    seed=args.seed,
+                    out=args.out,
+                    progress=not args.no_progress,
+                )
+                comparison.sections["lookup"] = {
+                    "settings": lookup.settings,
+                    "results": lookup.rows,
+                }
+                comparison.files += [folder.record(path) for path in lookup.files]
+                state = "finished"
+            finally:
+                comparison.files.append(comparison.write_summary(state))
         print("\nmissing pixels of the test digits (NLL per pixel in nats, accuracy):")
         print(lookup)
     print(f"\nwrote {len(set(comparison.files))} files to {args.out}")
@@ -546,7 +572,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = {"alignment": args.task, "sgpa": f"sgpa-{args.task or 'digits'}"}
         args.out = f"runs/{folder.get(args.model, args.model)}"
     try:
-        if args.command == "compare":
+        if args.command == "compare":  # checked first: an unwritable folder loses every result
+            check_output_folder(args.out, "--out")
+            if args.resume and args.model not in RESUMABLE:
+                raise ValueError(
+                    f"--resume applies to compare gmm and compare digits; compare {args.model} "
+                    "starts again (its finished rows of an interrupted run are in summary.json)"
+                )
             _import_user_modules(args.imports)
         if args.command == "compare" and args.model == "gmm":
             return _compare_gmm(args)
@@ -561,6 +593,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        resumable = args.command == "compare" and args.model in RESUMABLE
+        hint = "; the same command with --resume finishes it" if resumable else ""
+        print(
+            f"interrupted: the finished results are kept in {args.out}/summary.json{hint}",
+            file=sys.stderr,
+        )
+        return 130
     return 1
 
 

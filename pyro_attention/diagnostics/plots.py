@@ -29,9 +29,9 @@ def plot_objective_traces(comparison: Any, num_points: int) -> Any:
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     traces = {
-        name: [-v / num_points for v in fitted.losses]
-        for name, fitted in comparison.fits.items()
-        if fitted.losses
+        name: [-v / num_points for v in losses]
+        for name, losses in comparison.traces.items()
+        if losses
     }
     for name, trace in traces.items():
         ax.plot(range(1, len(trace) + 1), trace, label=name, lw=1)

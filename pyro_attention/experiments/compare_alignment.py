@@ -4,9 +4,10 @@ Each method trains a fresh model from the same seed on the same mini-batches for
 of steps; every fit is then scored the same way on the test split by
 :func:`~pyro_attention.experiments.alignment_metrics.score_alignments` (exact perplexity under the
 prior, top-K perplexity, ELBO under q, prior entropy, alignment accuracy) and by its training
-throughput (target tokens per second). With ``out`` set, :func:`compare_alignment` writes
-``summary.json``, ``objective_traces.png`` and one ``alignments_<method>.png`` of prior and
-posterior alignment heat-maps per method.
+throughput (target tokens per second). With ``out`` set, :func:`compare_alignment` owns the folder
+while it runs (:class:`~pyro_attention._run_folder.RunFolder`), writes ``summary.json`` after every
+method (an interrupt keeps the finished rows), one ``alignments_<method>.png`` of prior and
+posterior alignment heat-maps per method and ``objective_traces.png`` at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 from tqdm import tqdm
 
-from pyro_attention._io import write_json
+from pyro_attention._run_folder import RunFolder, check_output_folder
 from pyro_attention._validation import check_positive_int
 from pyro_attention.experiments.alignment_metrics import score_alignments
 from pyro_attention.handlers import enumerate_alignments
@@ -109,11 +110,20 @@ def compare_alignment(
     :param out: folder for ``summary.json`` and the PNGs.
     :param num_heatmaps: test examples drawn in each method's heat-map figure.
     """
+    if out is not None:  # checked first: a folder that cannot be written loses every result
+        check_output_folder(out)
     check_positive_int(num_steps, "num_steps")
     check_positive_int(batch_size, "batch_size")
+    check_positive_int(k, "k")
+    if isinstance(num_heatmaps, bool) or not isinstance(num_heatmaps, int) or num_heatmaps < 0:
+        raise ValueError(f"num_heatmaps must be an integer >= 0, got {num_heatmaps!r}")
     objects = [paper_method(m, num_steps) for m in methods]
     if not objects:
         raise ValueError("methods is empty; pass at least one method name")
+    names = [m.name for m in objects]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"method(s) {', '.join(repeated)} named twice; name each once")
     device = torch.device(device)
     pyro.set_rng_seed(seed)
     probe = make_model()
@@ -122,47 +132,114 @@ def compare_alignment(
     for method in objects:  # refuse bad pairs before any work starts
         method.check(structure)
     comparison = AlignmentComparison(probe.name, dataset.task, str(device), seed, rows=[])
+    comparison.settings = {
+        "num_steps": num_steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "k": k,
+        "num_train": len(dataset.train),
+        "num_test": len(dataset.test),
+    }
 
     def batches(epoch: int):
         return dataset.batches("train", batch_size, shuffle=True, seed=seed + epoch, device=device)
 
     _warm_up(probe.to(device), next(iter(batches(0))))
-    out = None if out is None else Path(out)
-    for method in tqdm(objects, desc="methods", disable=not progress):
-        pyro.set_rng_seed(seed)
-        model = make_model().to(device)
-        t0 = time.perf_counter()
+    folder = None if out is None else RunFolder(out, seed=seed).__enter__()
+    comparison.folder = folder
+    state = "interrupted"
+    try:
+        for method in tqdm(objects, desc="methods", disable=not progress):
+            _run_method(
+                comparison,
+                method,
+                make_model,
+                dataset,
+                batches,
+                device,
+                train,
+                folder,
+                num_steps=num_steps,
+                batch_size=batch_size,
+                lr=lr,
+                k=k,
+                seed=seed,
+                num_heatmaps=num_heatmaps,
+                progress=progress,
+            )
+            if folder is not None:
+                comparison.write_summary("running")
+        if folder is not None:
+            from pyro_attention.diagnostics.plots import plot_token_objectives, save_figure
+
+            figure = plot_token_objectives(comparison)
+            comparison.files.append(
+                folder.record(save_figure(figure, folder.path / "objective_traces.png"))
+            )
+        state = "finished"
+    finally:
+        if folder is not None:
+            comparison.files.append(comparison.write_summary(state))
+            folder.__exit__()
+    return comparison
+
+
+def _run_method(
+    comparison: AlignmentComparison,
+    method: InferenceMethod,
+    make_model: Callable[[], Any],
+    dataset: Any,
+    batches: Callable[[int], Any],
+    device: torch.device,
+    train: Any,
+    folder: RunFolder | None,
+    *,
+    num_steps: int,
+    batch_size: int,
+    lr: float,
+    k: int,
+    seed: int,
+    num_heatmaps: int,
+    progress: bool,
+) -> None:
+    """Train a fresh model with ``method`` and add its row (an error row if it fails)."""
+    pyro.set_rng_seed(seed)
+    model = make_model().to(device)
+    t0 = time.perf_counter()
+    try:
         try:
-            try:
-                fitted = fit(
-                    model,
-                    train,
-                    method,
-                    num_steps=num_steps,
-                    lr=lr,
-                    batches=batches,
-                    seed=seed,
-                    progress=progress,
-                )
-            except NonFiniteLossError as err:
-                if not err.result.steps:  # nothing was learned: no score to report
-                    raise
-                fitted = err.result
-            model.eval()
-            pyro.set_rng_seed(seed)
-            with fitted.scope():
-                scores = score_alignments(
-                    model,
-                    method,
-                    dataset.batches("test", batch_size, device=device),
-                    guide=fitted.guide,
-                    k=k,
-                    keep_examples=num_heatmaps,
-                )
-        except Exception as err:  # one failing method must not lose the others' rows
-            comparison.rows.append(error_row(method, err, time.perf_counter() - t0))
-            continue
-        row = {
+            fitted = fit(
+                model,
+                train,
+                method,
+                num_steps=num_steps,
+                lr=lr,
+                batches=batches,
+                seed=seed,
+                progress=progress,
+            )
+        except NonFiniteLossError as err:
+            if not err.result.steps:  # nothing was learned: no score to report
+                raise
+            fitted = err.result
+        model.eval()
+        pyro.set_rng_seed(seed)
+        with fitted.scope():
+            scores = score_alignments(
+                model,
+                method,
+                dataset.batches("test", batch_size, device=device),
+                guide=fitted.guide,
+                k=k,
+                keep_examples=num_heatmaps,
+            )
+    except Exception as err:  # one failing method must not lose the others' rows
+        comparison.rows.append(error_row(method, err, time.perf_counter() - t0))
+        if folder is not None:
+            folder.forget(f"alignments_{method.name}.png")
+        return
+    comparison.rows.append(
+        {
             "method": method.name,
             **scores.as_row(),
             "objective": method.objective,
@@ -174,27 +251,11 @@ def compare_alignment(
             "status": fitted.status,
             "settings": repr(method),
         }
-        comparison.rows.append(row)
-        comparison.fits[method.name] = fitted
-        if out is not None and scores.examples:
-            comparison.files.append(_write_heatmaps(dataset, method.name, scores.examples, out))
-    if out is not None:
-        from pyro_attention.diagnostics.plots import plot_token_objectives, save_figure
-
-        summary = comparison.summary()
-        summary["settings"] = {
-            "num_steps": num_steps,
-            "batch_size": batch_size,
-            "lr": lr,
-            "k": k,
-            "num_train": len(dataset.train),
-            "num_test": len(dataset.test),
-        }
-        comparison.files.append(write_json(out / "summary.json", summary))
-        comparison.files.append(
-            save_figure(plot_token_objectives(comparison), out / "objective_traces.png")
-        )
-    return comparison
+    )
+    comparison.fits[method.name] = fitted
+    if folder is not None and scores.examples:
+        heatmaps = _write_heatmaps(dataset, method.name, scores.examples, folder.path)
+        comparison.files.append(folder.record(heatmaps))
 
 
 def _warm_up(model: Any, batch: Any) -> None:

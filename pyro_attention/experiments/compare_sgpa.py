@@ -39,7 +39,7 @@ import pyro
 import torch
 from pyro import poutine
 
-from pyro_attention._io import write_json
+from pyro_attention._run_folder import RunFolder, check_output_folder
 from pyro_attention.data import ClassificationData, digits_patch_task, make_valence_task
 from pyro_attention.diagnostics import save_datatree, to_datatree
 from pyro_attention.diagnostics.calibration import (
@@ -515,6 +515,8 @@ def compare_sgpa(
     :param methods: rows (default all of :data:`SGPA_METHODS`).
     :param seeds: one run per seed (data subset and initialisation).
     """
+    if out is not None:  # checked first: a folder that cannot be written loses every result
+        check_output_folder(out)
     settings = settings or SGPASettings()
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -531,17 +533,36 @@ def compare_sgpa(
         raise ValueError(f"seeds must be non-negative integers, at least one; got {seeds}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds repeat a value: {seeds}")
-    folder = Path(out) if out is not None else None
-    if folder is not None:
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"--out {folder} is a file; name a folder")
-        folder.mkdir(parents=True, exist_ok=True)
     comparison = SGPAComparison(
         task, settings, [], seeds=seeds, device=str(device), dtype=str(dtype).removeprefix("torch.")
     )
+    folder = None if out is None else RunFolder(out, seed=seeds[0]).__enter__()
+    state = "interrupted"
+    try:
+        _run_rows(comparison, names, folder, device=device, dtype=dtype, progress=progress)
+        state = "finished"
+    finally:
+        if folder is not None:
+            comparison.files.append(folder.write_summary(comparison.summary(), state))
+            folder.__exit__()
+    comparison.files = list(dict.fromkeys(comparison.files))
+    return comparison
+
+
+def _run_rows(
+    comparison: SGPAComparison,
+    names: Sequence[str],
+    folder: RunFolder | None,
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    progress: bool,
+) -> None:
+    """Every row for every seed; ``summary.json`` after each, ``reliability.png`` at the end."""
+    settings, seeds = comparison.settings, comparison.seeds
     curves: dict[str, Any] = {}
     for seed in seeds:
-        data = make_task(task, seed, settings, device=device, dtype=dtype)
+        data = make_task(comparison.task, seed, settings, device=device, dtype=dtype)
         for name in names:
             pyro.clear_param_store()
             try:
@@ -554,16 +575,14 @@ def compare_sgpa(
                 curves[name] = reliability_bins(merged["test"].probs, data.test.labels)
                 if folder is not None and merged["test"].draws:
                     point = RECIPES[name].method == "map"
-                    tree = _write_tree(folder, name, merged["test"], data, row, point)
-                    comparison.files.append(tree)
+                    tree = _write_tree(folder.path, name, merged["test"], data, row, point)
+                    comparison.files.append(folder.record(tree))
             if folder is not None:
-                comparison.files.append(write_json(folder / "summary.json", comparison.summary()))
+                comparison.files.append(folder.write_summary(comparison.summary(), "running"))
     if folder is not None and curves:
-        path = folder / "reliability.png"
+        path = folder.path / "reliability.png"
         plot_reliability(curves, path)
-        comparison.files.append(path)
-    comparison.files = list(dict.fromkeys(comparison.files))
-    return comparison
+        comparison.files.append(folder.record(path))
 
 
 def _error(err: Exception) -> str:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import platform
 import statistics
@@ -55,7 +56,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm import tqdm
 
-from pyro_attention._io import write_json
+from pyro_attention._run_folder import RunFolder, check_output_folder
 from pyro_attention._validation import check_positive_int
 from pyro_attention.data.pointer_chasing import PointerChasing, make_pointer_chasing
 from pyro_attention.diagnostics.plots import save_figure
@@ -256,6 +257,8 @@ def sla_depth_study(
     :param progress: show a tqdm bar.
     :returns: a :class:`SLADepthStudy`.
     """
+    if out is not None:  # checked first: a folder that cannot be written loses every result
+        check_output_folder(out)
     depths = _check_ints(depths, "depths", 1)
     seeds = _check_ints(seeds, "seeds", 0)
     hops = check_positive_int(hops, "hops")
@@ -316,40 +319,6 @@ def sla_depth_study(
         "chance_accuracy": 1 / num_items,
     }
 
-    runs: list[dict[str, Any]] = []
-    cells = [(s, v, L) for s in seeds for v in variants for L in depths]
-    with (
-        _num_threads(num_threads),
-        tqdm(total=len(cells), desc="SLA depth study", unit="run", disable=not progress) as bar,
-    ):
-        for seed, variant, depth in cells:
-            bar.set_postfix(variant=variant, depth=depth, seed=seed)
-            runs.append(
-                _train_one(variant, depth, seed, settings, task, test, grad_data, device, dtype)
-            )
-            bar.update()
-
-    rows = []
-    for variant in variants:
-        for depth in depths:
-            cell = [r for r in runs if r["variant"] == variant and r["depth"] == depth]
-            row: dict[str, Any] = {"variant": variant, "depth": depth}
-            for key in (
-                "accuracy",
-                "nll",
-                "grad_norm_first_init",
-                "grad_norm_first_trained",
-                "grad_ratio_first_last",
-                "grad_ratio_first_last_trained",
-                "final_loss",
-                "seconds",
-            ):
-                row[key], sd = _mean_sd([r[key] for r in cell])
-                if key in ("accuracy", "nll"):
-                    row[f"{key}_sd"] = sd
-            row["num_seeds"] = len(cell)
-            rows.append(row)
-
     environment = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -357,15 +326,64 @@ def sla_depth_study(
         "device": str(device),
         "num_threads": torch.get_num_threads() if num_threads is None else num_threads,
     }
-    study = SLADepthStudy(rows=rows, runs=runs, settings=settings, environment=environment)
-    if out is not None:
-        out = Path(out)
-        study.files = [
-            write_json(out / "summary.json", study.to_dict()),
-            save_figure(_plot_accuracy(study), out / "sla_accuracy.png"),
-            save_figure(_plot_gradients(study), out / "sla_gradients.png"),
-        ]
+    study = SLADepthStudy(rows=[], runs=[], settings=settings, environment=environment)
+    cells = [(s, v, L) for s in seeds for v in variants for L in depths]
+    folder = None if out is None else RunFolder(out, option="out", seed=seeds[0]).__enter__()
+    state = "interrupted"
+    try:
+        with (
+            _num_threads(num_threads),
+            tqdm(total=len(cells), desc="SLA depth study", unit="run", disable=not progress) as bar,
+        ):
+            for seed, variant, depth in cells:
+                bar.set_postfix(variant=variant, depth=depth, seed=seed)
+                study.runs.append(
+                    _train_one(variant, depth, seed, settings, task, test, grad_data, device, dtype)
+                )
+                study.rows = _aggregate(study.runs, variants, depths)
+                if folder is not None:  # an interrupt keeps every finished run
+                    folder.write_summary(study.to_dict(), "running")
+                bar.update()
+        if folder is not None:
+            for path in (
+                save_figure(_plot_accuracy(study), folder.path / "sla_accuracy.png"),
+                save_figure(_plot_gradients(study), folder.path / "sla_gradients.png"),
+            ):
+                study.files.append(folder.record(path))
+        state = "finished"
+    finally:
+        if folder is not None:
+            study.files.insert(0, folder.write_summary(study.to_dict(), state))
+            folder.__exit__()
     return study
+
+
+def _aggregate(
+    runs: list[dict[str, Any]], variants: Sequence[str], depths: Sequence[int]
+) -> list[dict[str, Any]]:
+    """One row per (variant, depth) with finished ``runs``: means (and SDs) over seeds."""
+    rows = []
+    for variant, depth in itertools.product(variants, depths):
+        cell = [r for r in runs if r["variant"] == variant and r["depth"] == depth]
+        if not cell:
+            continue
+        row: dict[str, Any] = {"variant": variant, "depth": depth}
+        for key in (
+            "accuracy",
+            "nll",
+            "grad_norm_first_init",
+            "grad_norm_first_trained",
+            "grad_ratio_first_last",
+            "grad_ratio_first_last_trained",
+            "final_loss",
+            "seconds",
+        ):
+            row[key], sd = _mean_sd([r[key] for r in cell])
+            if key in ("accuracy", "nll"):
+                row[f"{key}_sd"] = sd
+        row["num_seeds"] = len(cell)
+        rows.append(row)
+    return rows
 
 
 def _train_one(

@@ -7,14 +7,16 @@ the gradient variance of its estimator, and time. Each row says what the method'
 objective is (``objective``: ELBO, Jensen bound, relaxed-model ELBO, log-likelihood, ...) next to
 its value per point (``train_objective``), so numbers of different kinds are not read as one.
 A method that fails gets a row with status ``error: <type>: <message>`` and the others go on.
-With ``out`` set, :func:`compare` writes ``summary.json`` after every method, one ArviZ netCDF
-file per method as it finishes, and PNG plots at the end.
+With ``out`` set, :func:`compare` owns the folder for the run (:class:`~pyro_attention._run_folder.
+RunFolder`: a lock, the previous run's files replaced), writes ``summary.json`` after every method,
+one ArviZ netCDF file per method as it finishes, and PNG plots at the end. An interrupt keeps the
+finished rows (``state: interrupted``); ``resume=True`` skips the methods that finished and
+continues the interrupted one from its checkpoint, to the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,8 +27,8 @@ import pyro
 import torch
 from tqdm import tqdm
 
-from pyro_attention._io import write_json
-from pyro_attention.diagnostics import psis_khat, save_datatree, to_datatree
+from pyro_attention._run_folder import RunFolder, check_output_folder
+from pyro_attention.diagnostics import load_datatree, psis_khat, save_datatree, to_datatree
 from pyro_attention.diagnostics.plots import plot_comparison
 from pyro_attention.infer.evaluate import (
     check_model,
@@ -75,17 +77,36 @@ class Comparison:
     files: list[Path] = field(default_factory=list)
     #: further results that belong in ``summary.json`` (e.g. ``{"lookup": {...}}``)
     sections: dict[str, Any] = field(default_factory=dict)
+    #: the options every method ran with (a resumed run must match them)
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: training objective (loss) per step, per method
+    traces: dict[str, list[float]] = field(default_factory=dict)
+    #: methods whose rows came from an earlier, interrupted run (``resume=True``)
+    resumed: list[str] = field(default_factory=list)
+    #: the output folder's bookkeeping, while :func:`compare` writes into it
+    folder: RunFolder | None = None
 
     def summary(self) -> dict[str, Any]:
         """The ``summary.json`` content."""
-        return {
+        summary = {
             "model": self.model,
             "dataset": self.dataset,
             "device": self.device,
             "seed": self.seed,
+            "settings": self.settings,
             "results": self.rows,
             **self.sections,
         }
+        if self.resumed:
+            summary["resumed"] = self.resumed
+        return summary
+
+    def write_summary(self, state: str = "finished") -> Path:
+        """(Re)write ``summary.json`` in the output folder; ``state`` is ``running``,
+        ``interrupted`` or ``finished``."""
+        if self.folder is None:
+            raise ValueError("this comparison was run without out=; there is no folder to write")
+        return self.folder.write_summary(self.summary(), state)
 
     def to_dataframe(self) -> Any:
         """The rows as a ``pandas.DataFrame`` indexed by method."""
@@ -247,6 +268,7 @@ def compare(
     seed: int = 0,
     dataset: str = "custom",
     out: str | Path | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> Comparison:
     """Fit ``model_obj`` to ``train`` with each method and score all of them on ``test``.
@@ -261,10 +283,17 @@ def compare(
     :param num_samples: posterior draws for the held-out metric and PSIS.
     :param grad_draws: repeated gradient draws for the gradient variance.
     :param local_draws: prior draws per continuous local latent in the held-out metric.
-    :param out: a folder for ``summary.json``, ``<method>.nc`` and PNG plots.
+    :param out: a folder for ``summary.json``, ``<method>.nc`` and PNG plots, owned by this run
+        while it lasts; the files a previous run listed in its ``summary.json`` are replaced.
+    :param resume: continue the interrupted run in ``out`` (same data and options): finished
+        methods are taken from its files, the interrupted one goes on from its checkpoint.
     :returns: a :class:`Comparison` (``print`` it for the table); a method that failed has
         a row with an ``error`` status (see :attr:`Comparison.failed`).
     """
+    if out is not None:  # checked first: a folder that cannot be written loses every result
+        check_output_folder(out)
+    elif resume:
+        raise ValueError("resume=True needs out=, the folder of the run to resume")
     model_obj = as_model(model_obj)
     train = model_obj.check_data(train)
     test = model_obj.check_data(test)
@@ -316,10 +345,17 @@ def compare(
             )
             for phase, _ in method.phases(num_steps):
                 phase.check(structure, subsample_size=subsample_size)
-    out_dir = None if out is None else _output_folder(out)
     device = str(train.device) if isinstance(train, torch.Tensor) else "cpu"
     comparison = Comparison(model_obj.name, dataset, device, seed, rows=[])
-    options = {
+    comparison.settings = {
+        "num_steps": num_steps,
+        "lr": lr,
+        "subsample_size": subsample_size,
+        "num_samples": num_samples,
+        "grad_draws": grad_draws,
+        "local_draws": local_draws,
+    }
+    options: dict[str, Any] = {
         "num_steps": num_steps,
         "lr": lr,
         "subsample_size": subsample_size,
@@ -329,12 +365,25 @@ def compare(
     if subsample_size is None:
         options.pop("subsample_size")
     initial = clone_state(model_obj)  # every method starts from the same network weights
+    folder = None
+    if out is not None:
+        folder = RunFolder(out, resume=resume, seed=seed).__enter__()
+        comparison.folder = folder
+    state = "interrupted"
     try:
+        finished = {} if folder is None else _finished_rows(comparison, folder, objects)
         for method in tqdm(objects, desc="methods", disable=not progress):
+            if method.name in finished:
+                _reuse_row(comparison, folder, finished[method.name], train)
+                continue
             model_obj.load_state_dict(initial)
             pyro.set_rng_seed(seed)
             t0 = time.perf_counter()
             accepted = {k: v for k, v in options.items() if k in runner_options(method)}
+            if folder is not None and method.runner == "svi":
+                accepted["checkpoint"] = _checkpoint_path(folder, method.name)
+                accepted["checkpoint_every"] = CHECKPOINT_EVERY
+                accepted["resume"] = resume
             try:
                 try:
                     fitted = fit(model_obj, train, method, **accepted)
@@ -357,9 +406,10 @@ def compare(
                 )
             except Exception as err:  # one failing method must not lose the others' rows
                 comparison.rows.append(error_row(method, err, time.perf_counter() - t0))
-                if out_dir is not None:
-                    (out_dir / f"{method.name}.nc").unlink(missing_ok=True)  # no stale tree
-                    write_json(out_dir / "summary.json", comparison.summary())
+                if folder is not None:
+                    folder.forget(f"{method.name}.nc")  # no stale tree
+                    _checkpoint_path(folder, method.name).unlink(missing_ok=True)
+                    comparison.write_summary("running")
                 continue
             row["total_seconds"] = time.perf_counter() - t0
             if structure.local_sites:  # the importance-sampling estimator's draws per point
@@ -367,34 +417,95 @@ def compare(
             comparison.rows.append(row)
             comparison.fits[method.name] = fitted
             comparison.draws[method.name] = draws
-            if out_dir is not None:
-                comparison.files.append(
-                    _write_tree(model_obj, fitted, draws, train, train_ll, out_dir, row)
-                )
-                write_json(out_dir / "summary.json", comparison.summary())
+            comparison.traces[method.name] = list(fitted.losses)
+            if folder is not None:
+                tree = _write_tree(model_obj, fitted, draws, train, train_ll, folder.path, row)
+                comparison.files.append(folder.record(tree))
+                _checkpoint_path(folder, method.name).unlink(missing_ok=True)
+                comparison.write_summary("running")
+        if folder is not None:
+            for path in plot_comparison(model_obj, comparison, train, folder.path):
+                comparison.files.append(folder.record(path))
+        state = "finished"
     finally:  # each fit keeps its own weights: comparison.fits[name].scope()
         model_obj.load_state_dict(initial)
-    if out_dir is not None:
-        comparison.files.append(write_json(out_dir / "summary.json", comparison.summary()))
-        comparison.files += plot_comparison(model_obj, comparison, train, out_dir)
+        if folder is not None:
+            comparison.files.append(comparison.write_summary(state))
+            folder.__exit__()
     return comparison
 
 
-def _output_folder(out: str | Path) -> Path:
-    """``out`` as a folder that exists and can be written, or a clear error before any work."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"out={str(out)!r} is a file; name a folder for the results")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
+#: steps between checkpoints of an SVI method while :func:`compare` writes to a folder
+CHECKPOINT_EVERY = 100
+
+
+def _checkpoint_path(folder: RunFolder, method: str) -> Path:
+    return folder.path / f".checkpoint-{method}.pt"
+
+
+def _finished_rows(
+    comparison: Comparison, folder: RunFolder, methods: Sequence[InferenceMethod]
+) -> dict[str, dict[str, Any]]:
+    """The rows of an interrupted run that a resumed one keeps: same data, model and options,
+    the method's settings unchanged, finished without error and with its tree in the folder.
+    Without ``resume`` (or with nothing to resume) none; the checkpoints of methods that did
+    not finish are removed then."""
+    previous = folder.previous
+    if not folder.resume or previous is None:
+        for stale in folder.path.glob(".checkpoint-*.pt"):
+            stale.unlink()
+        return {}
+    mine = {
+        "model": comparison.model,
+        "dataset": comparison.dataset,
+        "seed": comparison.seed,
+        "settings": comparison.settings,
+    }
+    differ = [key for key, value in mine.items() if previous.get(key) != value]
+    if differ:
+        details = "; ".join(f"{k}: {previous.get(k)!r} then, {mine[k]!r} now" for k in differ)
         raise ValueError(
-            f"out={str(out)!r} cannot be written ({err}); choose another folder"
-        ) from None
-    return path
+            f"cannot resume the run in {str(folder.path)!r}: it was made with other options "
+            f"({details}); run without resume to start again, or choose another folder"
+        )
+    settings = {m.name: repr(m) for m in methods}
+    finished = {}
+    for row in previous.get("results", []):
+        name = row.get("method")
+        if (
+            name in settings
+            and row.get("settings") == settings[name]
+            and not str(row.get("status", "error")).startswith("error")
+            and (folder.path / f"{name}.nc").is_file()
+        ):
+            finished[name] = row
+    return finished
+
+
+def _reuse_row(
+    comparison: Comparison, folder: RunFolder | None, row: dict[str, Any], train: Any
+) -> None:
+    """Take a finished method's row and its draws (from its tree) from the interrupted run."""
+    assert folder is not None
+    name = row["method"]
+    tree = load_datatree(folder.path / f"{name}.nc")
+    posterior = tree["posterior"].to_dataset()
+    like = train if isinstance(train, torch.Tensor) else torch.empty(0)
+    samples = {
+        str(var): torch.as_tensor(posterior[var].values, device=like.device).flatten(0, 1)
+        for var in posterior.data_vars
+    }
+    samples = {k: v.to(like.dtype) if v.is_floating_point() else v for k, v in samples.items()}
+    log_q = None
+    if "sample_stats" in tree.children and "log_q" in tree["sample_stats"].to_dataset():
+        log_q = torch.as_tensor(tree["sample_stats"].to_dataset()["log_q"].values).flatten(0, 1)
+    comparison.rows.append(row)
+    comparison.draws[name] = PosteriorDraws(
+        samples, log_q, point_estimate=bool(tree.attrs.get("point_estimate", False))
+    )
+    comparison.traces[name] = [float(v) for v in tree.attrs.get("objective_trace", [])]
+    comparison.files.append(folder.record(folder.path / f"{name}.nc"))
+    comparison.resumed.append(name)
 
 
 def _write_tree(
@@ -447,6 +558,7 @@ def _write_tree(
             "objective": fitted.method.objective,
             "heldout_log_lik": row["heldout_log_lik"],
             "point_estimate": draws.point_estimate,
+            "objective_trace": [float(v) for v in fitted.losses],
         },
     )
     return save_datatree(tree, out / f"{fitted.method.name}.nc")
