@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 
-_DEV = "the notebook tests need the dev extras: pip install -e '.[dev]'"
-nbformat = pytest.importorskip("nbformat", reason=_DEV)
-nbclient = pytest.importorskip("nbclient", reason=_DEV)
-pytest.importorskip("ipykernel", reason=_DEV)
+# dev-extra dependencies: a missing one fails the collection (see conftest.require)
+nbformat = require("nbformat")
+nbclient = require("nbclient")
+require("ipykernel")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -1,8 +1,8 @@
 """The embedded binarized 8×8 digits: shapes, values, split, and agreement with its script."""
 
 import numpy as np
-import pytest
 import torch
+from conftest import require
 
 from pyro_attention.data import load_digits_binary
 from pyro_attention.data.digits import digits_metadata
@@ -44,7 +44,7 @@ def test_metadata():
 
 
 def test_matches_fresh_binarization_of_sklearn():
-    datasets = pytest.importorskip("sklearn.datasets")
+    datasets = require("sklearn.datasets")
     digits = datasets.load_digits()
     threshold = digits_metadata()["threshold"]
     pixels = torch.as_tensor((digits.data > threshold).astype(np.float32))

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require
 
 from pyro_attention.data import (
     ClassificationData,
@@ -54,7 +55,7 @@ def test_dtype_device_honoured(device):
 
 
 def test_script_rebuilds_the_shipped_file_byte_for_byte(tmp_path, monkeypatch):
-    pytest.importorskip("sklearn.datasets")
+    require("sklearn.datasets")
     monkeypatch.syspath_prepend(str(SCRIPTS))
     script = importlib.import_module("make_digits_grey_data")
     out = tmp_path / "digits8x8_grey.npz"

@@ -70,8 +70,29 @@ def test_compare_writes_summary_trees_and_plots(device, tmp_path):
             assert np.isfinite(arviz_stats.loo(tree).elpd)
     nuts_tree = load_datatree(tmp_path / "nuts.nc")
     assert nuts_tree.posterior.sizes["chain"] == 2 and "diverging" in nuts_tree.sample_stats
+    # the tree's variables carry the model's dims, so ArviZ's summary has one labelled row per
+    # scalar of every global site (3 components, 2 features, diag precisions), each finite and
+    # equal to the posterior mean of the chains
+    posterior = nuts_tree.posterior
+    assert set(posterior.data_vars) == {"locs", "precisions", "weights"}
+    assert not np.array_equal(posterior["locs"][0], posterior["locs"][1])  # two chains, not one
+    assert posterior["locs"].dims == ("chain", "draw", "component", "feature")
+    assert posterior["precisions"].dims == ("chain", "draw", "component", "feature")
+    assert posterior["weights"].dims == ("chain", "draw", "component")
     summary_table = arviz_stats.summary(nuts_tree)
-    assert "locs[0, 0]" in str(summary_table.index[0]) or len(summary_table) > 0
+    pairs = [(k, d) for k in range(3) for d in range(2)]
+    expected = [
+        *(f"{site}[{k}, {d}]" for site in ("locs", "precisions") for k, d in pairs),
+        *(f"weights[{k}]" for k in range(3)),
+    ]
+    assert sorted(map(str, summary_table.index)) == sorted(expected)
+    columns = ["mean", "sd", "ess_bulk", "r_hat"]
+    assert np.isfinite(summary_table[columns].to_numpy(dtype=float)).all()
+    for site in ("locs", "precisions", "weights"):
+        means = posterior[site].mean(("chain", "draw")).to_numpy()
+        for index in np.ndindex(means.shape):
+            label = f"{site}[{', '.join(map(str, index))}]"
+            assert summary_table.loc[label, "mean"] == pytest.approx(means[index], abs=0.006)
     assert (tmp_path / "objective_traces.png").stat().st_size > 0
     assert (tmp_path / "posterior_fits.png").stat().st_size > 0
     assert "heldout_log_lik" in str(result)

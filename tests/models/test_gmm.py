@@ -71,36 +71,79 @@ def test_trace_enum_equals_brute_force(device, covariance_type):
     torch.testing.assert_close(pointwise.sum(), brute_force_log_marginal(gmm, values, data))
 
 
-# held-out log-lik floors after 60 steps (exact methods reach about -1.87, one Gaussian -2.84)
-FLOORS = {
-    "enum": -2.0,
-    "vi-enum": -2.0,
-    "cavi": -1.95,
-    "em": -1.95,
-    "reinforce": -2.2,
-    "rws": -2.35,
-    "gumbel": -2.6,
-    "dirichlet": -3.0,
-    "hard": -3.0,
-    "soft": -3.0,
-}
+def _single_gaussian_score(data) -> float:
+    """Held-out mean log-density of one Gaussian fitted to the training points by maximum
+    likelihood (about -2.76 nats per point on the embedded data): what a mixture must beat."""
+    train, test = data.train.double(), data.test.double()
+    mean, cov = train.mean(0), torch.cov(train.mT, correction=0)
+    return torch.distributions.MultivariateNormal(mean, cov).log_prob(test).mean().item()
 
 
-@pytest.mark.parametrize("method", list(FLOORS))
-def test_every_method_runs_and_learns(device, method):
-    data = load_gmm2d(device=device)
-    gmm = BayesianGMM(4, 2)
-    options = {"num_steps": 60, "progress": False, "seed": 0}
-    accepted = runner_options(get_method(method))
+def _fit_and_score(gmm, data, method, num_steps):
+    """``fit`` with ``num_steps`` steps (closed-form methods: ``max_iter`` iterations) from the
+    same start (seed 0); the result, its draws, their pointwise held-out log-likelihoods."""
+    method = get_method(method)
+    if method.runner == "closed-form":
+        method = type(method)(max_iter=num_steps)
+    options = {"num_steps": num_steps, "progress": False, "seed": 0}
+    accepted = runner_options(method)
     result = fit(gmm, data.train, method, **{k: v for k, v in options.items() if k in accepted})
     draws = result.draws(50)
     ll = pointwise_log_likelihood(gmm.model, draws.samples, data.test, max_plate_nesting=1)
+    return result, draws, ll
+
+
+# method: (steps, nats per held-out point above the single Gaussian it must reach, and above its
+# own score after one step). Seed 0 scores, single Gaussian -2.76, one step about -2.38 (the
+# k-means++ start already separates the clusters): enum and vi-enum -1.88 after 60 steps,
+# reinforce -1.91 after 150, rws -2.04 (-2.17 with seed 1), gumbel -2.26; cavi and em converged
+# -1.865 and -1.859 but already -1.870 and -1.863 after one closed-form iteration.
+# Not here, as they do not learn a mixture: ``soft`` is one averaged Gaussian by design
+# (test_soft_is_the_single_gaussian); ``hard`` (the Jensen bound, z from the prior, makes every
+# component explain every point) and ``dirichlet`` (relaxed z, averaged components) end at the
+# single Gaussian's score (-2.77 and -2.73 after 300 steps), below their one-step score.
+LEARNS = {
+    "enum": (60, 0.8, 0.3),
+    "vi-enum": (60, 0.8, 0.3),
+    "cavi": (1000, 0.8, 0.002),
+    "em": (1000, 0.8, 0.002),
+    "reinforce": (150, 0.6, 0.3),
+    "rws": (150, 0.4, 0.1),
+    "gumbel": (150, 0.4, 0.05),
+}
+
+
+@pytest.mark.parametrize("method", list(LEARNS))
+def test_every_method_runs_and_learns(device, method):
+    data = load_gmm2d(device=device)
+    gmm = BayesianGMM(4, 2)
+    num_steps, margin, gain = LEARNS[method]
+    result, draws, ll = _fit_and_score(gmm, data, method, num_steps)
     assert ll.shape == (draws.samples["weights"].shape[0], 400)
     assert torch.isfinite(ll).all()
-    assert log_predictive_density(ll) > FLOORS[method]
     assert result.steps > 0 and result.seconds > 0
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert draws.samples["locs"].device.type == device.type
+    score = log_predictive_density(ll)
+    baseline = _single_gaussian_score(data)
+    assert score > baseline + margin, f"{method}: {score:.4f} vs one Gaussian {baseline:.4f}"
+    one_step = log_predictive_density(_fit_and_score(gmm, data, method, 1)[2])
+    assert score > one_step + gain, f"{method}: {score:.4f} vs {one_step:.4f} after one step"
+
+
+def test_soft_is_the_single_gaussian(device):
+    """Soft attention replaces z by the weights, so every point sees one Gaussian (mean
+    sum_k pi_k mu_k, scale sum_k pi_k L_k): under its own predictive it scores what the
+    maximum-likelihood Gaussian scores (seed 0: -2.769 against -2.763), far below a mixture."""
+    data = load_gmm2d(device=device)
+    gmm = BayesianGMM(4, 2)
+    result = fit(gmm, data.train, "soft", num_steps=60, progress=False, seed=0)
+    draws = result.draws(50)
+    predictive = get_method("soft").predictive(gmm.model)
+    ll = pointwise_log_likelihood(predictive, draws.samples, data.test, max_plate_nesting=1)
+    score = log_predictive_density(ll)
+    baseline = _single_gaussian_score(data)
+    assert abs(score - baseline) < 0.03, (score, baseline)
 
 
 def test_enum_cavi_nuts_agree_on_held_out(device):

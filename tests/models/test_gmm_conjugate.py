@@ -5,11 +5,13 @@ the diagonal model into independent 1-D problems."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.distributions as dist
+from conftest import require
 
 from pyro_attention.models.gmm_conjugate import (
     GMMPrior,
@@ -37,12 +39,14 @@ def _blobs(
     dim: int = 2,
     seed: int = 0,
     dtype: torch.dtype = F64,
+    spacing: float = 7.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Three well-separated, correlated Gaussian clusters of different scales, and labels."""
+    """Three correlated Gaussian clusters of different scales (0.6 to 1.2), ``spacing`` apart,
+    and labels: well separated by default, overlapping with ``spacing=OVERLAP``."""
     g = torch.Generator().manual_seed(seed)
     centers = torch.zeros(3, dim, dtype=F64)
-    centers[1, 0] = 7.0
-    centers[2, -1] = -7.0 if dim == 1 else 7.0
+    centers[1, 0] = spacing
+    centers[2, -1] = -spacing if dim == 1 else spacing
     parts, labels = [], []
     for k in range(3):
         a = torch.randn(dim, dim, generator=g, dtype=F64) * 0.3 + torch.eye(dim, dtype=F64)
@@ -52,10 +56,26 @@ def _blobs(
     return torch.cat(parts).to(device=device, dtype=dtype), torch.cat(labels).to(device)
 
 
+#: cluster spacing of the scikit-learn comparisons: the clusters overlap, so responsibilities
+#: are fractional and every term of the E-step moves them (with well-separated clusters they
+#: are 0 or 1 and a wrong term changes nothing visible)
+OVERLAP = 2.0
+#: relative agreement with scikit-learn of one step (float64; observed about 1e-14)
+STEP_TOL = 1e-8
+
+
 def _random_resp(n: int, k: int, device: torch.device, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     w = torch.rand(n, k, generator=g, dtype=F64) + 0.05
     return (w / w.sum(-1, keepdim=True)).to(device)
+
+
+def _skewed_resp(n: int, k: int, device: torch.device) -> torch.Tensor:
+    """:func:`_random_resp` with unequal component masses (about 2 : 5 : 7 for K = 3), so the
+    per-component terms of the E-step (E log pi_k, E log|Lambda_k|, D / beta_k) differ between
+    components and cannot cancel in the softmax."""
+    resp = _random_resp(n, k, device) * torch.linspace(0.5, 2.0, k, dtype=F64, device=device)
+    return resp / resp.sum(-1, keepdim=True)
 
 
 def _prior(x: torch.Tensor, covariance_type: str = "full") -> GMMPrior:
@@ -97,9 +117,18 @@ def _from_sklearn(model, prior: GMMPrior, device: torch.device) -> GMMVariationa
     )
 
 
-def _sklearn_bgm(x: torch.Tensor, prior: GMMPrior, k: int):
-    mixture = pytest.importorskip("sklearn.mixture")
-    return mixture.BayesianGaussianMixture(
+def _sklearn_bgm(prior: GMMPrior, k: int, resp0: torch.Tensor, max_iter: int):
+    """scikit-learn's ``BayesianGaussianMixture`` with our prior, started from its own M-step
+    (``_initialize``) on the responsibilities ``resp0`` instead of k-means; ``max_iter`` E+M
+    iterations after it (``max_iter=0``: the M-step alone)."""
+    mixture = require("sklearn.mixture")
+    start = resp0.cpu().numpy()
+
+    class FromResponsibilities(mixture.BayesianGaussianMixture):
+        def _initialize_parameters(self, X, random_state, xp=None):
+            self._initialize(X, start)
+
+    return FromResponsibilities(
         n_components=k,
         covariance_type=prior.covariance_type,
         weight_concentration_prior_type="dirichlet_distribution",
@@ -110,9 +139,97 @@ def _sklearn_bgm(x: torch.Tensor, prior: GMMPrior, k: int):
         covariance_prior=prior.covariance_prior.cpu().numpy(),
         reg_covar=0.0,
         tol=1e-12,
-        max_iter=5000,
+        max_iter=max_iter,
         random_state=0,
-    ).fit(x.cpu().numpy())
+    )
+
+
+def _sklearn_fit(x: torch.Tensor, prior: GMMPrior, k: int, resp0: torch.Tensor, max_iter: int):
+    """:func:`_sklearn_bgm` fitted to ``x``; a run stopped before convergence is the point."""
+    exceptions = require("sklearn.exceptions")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", exceptions.ConvergenceWarning)
+        return _sklearn_bgm(prior, k, resp0, max_iter).fit(x.cpu().numpy())
+
+
+def _sklearn_resp(model, x: torch.Tensor) -> np.ndarray:
+    """sklearn's E-step at the model's current posterior."""
+    return np.exp(model._estimate_log_prob_resp(x.cpu().numpy())[1])
+
+
+_POSTERIOR_FIELDS = (
+    "weight_concentration",
+    "mean_precision",
+    "means",
+    "degrees_of_freedom",
+    "covariance",
+)
+
+
+def _assert_posteriors_match(
+    ours: GMMVariationalPosterior, theirs: GMMVariationalPosterior, tol: float, when: str
+) -> None:
+    for name in _POSTERIOR_FIELDS:
+        err = _rel(getattr(ours, name), getattr(theirs, name))
+        assert err < tol, f"{when}: {name} differs from scikit-learn's by {err:.3g} (relative)"
+
+
+def _fractional(resp: torch.Tensor | np.ndarray) -> float:
+    """Share of the points whose largest responsibility is below 0.9."""
+    resp = torch.as_tensor(resp)
+    return (resp.max(-1).values < 0.9).double().mean().item()
+
+
+def _check_cavi_against_sklearn(
+    x: torch.Tensor, prior: GMMPrior, k: int, device: torch.device
+) -> None:
+    """CAVI from a random, non-converged start against scikit-learn from the same start: the
+    M-step, the E-step, each of the first iterations, then the converged result.
+
+    ``cavi`` runs an M-step on ``init_responsibilities``, then ``max_iter`` iterations of
+    (E-step, M-step); sklearn's ``fit`` runs ``_initialize`` (the same M-step), then
+    ``max_iter`` iterations of (``_e_step``, ``_m_step``): the same count."""
+    resp0 = _skewed_resp(len(x), k, device)
+    # (a) M-step from the random responsibilities
+    start = _sklearn_fit(x, prior, k, resp0, max_iter=0)
+    post0 = update_posterior(x, prior, resp0)
+    _assert_posteriors_match(post0, _from_sklearn(start, prior, device), STEP_TOL, "M-step")
+    # (b) E-step at that posterior, far from any fixed point: fractional responsibilities
+    theirs = _sklearn_resp(start, x)
+    assert _fractional(theirs) > 0.5
+    assert _rel(update_responsibilities(x, post0), theirs) < STEP_TOL
+    # (c) the first iterations, one by one; the responsibilities a CAVIResult returns are those
+    # of its last E-step, i.e. sklearn's E-step after one iteration fewer
+    for n in range(1, 6):
+        fit = cavi(x, prior, k, max_iter=n, tol=0.0, init_responsibilities=resp0)
+        model = _sklearn_fit(x, prior, k, resp0, max_iter=n)
+        assert fit.n_iter == model.n_iter_ == n
+        _assert_posteriors_match(
+            fit.posterior, _from_sklearn(model, prior, device), STEP_TOL, f"iteration {n}"
+        )
+        assert _rel(fit.responsibilities, theirs) < STEP_TOL, f"E-step of iteration {n}"
+        theirs = _sklearn_resp(model, x)
+    # (d) at convergence: the same number of sklearn iterations gives the same posterior ...
+    fit = cavi(x, prior, k, max_iter=5000, tol=1e-10, init_responsibilities=resp0)
+    assert fit.converged and fit.n_iter > 20
+    same = _sklearn_fit(x, prior, k, resp0, max_iter=fit.n_iter)
+    _assert_posteriors_match(
+        fit.posterior, _from_sklearn(same, prior, device), STEP_TOL, "same iteration count"
+    )
+    resp = update_responsibilities(x, fit.posterior)
+    assert _rel(resp, _sklearn_resp(same, x)) < STEP_TOL
+    # ... and sklearn run to its own convergence stops near the same fixed point
+    model = _sklearn_fit(x, prior, k, resp0, max_iter=5000)
+    assert model.converged_
+    theirs_post = _from_sklearn(model, prior, device)
+    _assert_posteriors_match(fit.posterior, theirs_post, 1e-4, "converged")
+    predicted = model.predict_proba(x.cpu().numpy())
+    assert _rel(resp, predicted) < 1e-4
+    # the clusters overlap: at the optimum many points are shared between components
+    assert _fractional(resp) > 0.2
+    # sklearn's bound drops constants; ours at sklearn's optimum is our optimum's
+    at_theirs = elbo(x, prior, theirs_post, torch.as_tensor(predicted, device=device)).item()
+    assert abs(at_theirs - fit.elbo_trace[-1]) < 1e-6 * abs(fit.elbo_trace[-1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,23 +253,8 @@ def test_elbo_trace_never_decreases(device: torch.device, covariance_type: str) 
 
 
 def test_cavi_matches_sklearn_full(device: torch.device) -> None:
-    x, _ = _blobs(device, dim=3)
-    prior = _prior(x, "full")
-    model = _sklearn_bgm(x, prior, 3)
-    assert model.converged_
-    theirs = _from_sklearn(model, prior, device)
-    resp = torch.as_tensor(model.predict_proba(x.cpu().numpy()), device=device)
-    # E-step: our responsibilities under sklearn's posterior are sklearn's predict_proba
-    assert _rel(update_responsibilities(x, theirs), resp) < 1e-8
-    fit = cavi(x, prior, 3, init_responsibilities=resp, tol=1e-10)
-    assert fit.converged
-    ours = fit.posterior
-    for name in ("weight_concentration", "mean_precision", "means", "degrees_of_freedom"):
-        assert _rel(getattr(ours, name), getattr(theirs, name)) < 1e-5, name
-    assert _rel(ours.covariance, theirs.covariance) < 1e-5
-    # sklearn's bound drops constants; both bounds must still move together
-    ours_at_theirs = elbo(x, prior, theirs, resp).item()
-    assert abs(ours_at_theirs - fit.elbo_trace[-1]) < 1e-6 * abs(fit.elbo_trace[-1])
+    x, _ = _blobs(device, n_per=50, dim=3, spacing=OVERLAP)
+    _check_cavi_against_sklearn(x, _prior(x, "full"), 3, device)
 
 
 def test_diag_equals_full_in_one_dimension(device: torch.device) -> None:
@@ -165,13 +267,13 @@ def test_diag_equals_full_in_one_dimension(device: torch.device) -> None:
     np.testing.assert_allclose(a.elbo_trace, b.elbo_trace, rtol=1e-10)
     assert _rel(b.posterior.covariance, a.posterior.covariance.reshape(3, 1)) < 1e-10
     assert _rel(b.posterior.means, a.posterior.means) < 1e-10
-    # and the 1-D case agrees with sklearn (its diag digamma term is right only for D = 1)
-    model = _sklearn_bgm(x, diag, 3)
-    resp = torch.as_tensor(model.predict_proba(x.cpu().numpy()), device=device)
-    fit = cavi(x, diag, 3, init_responsibilities=resp, tol=1e-10)
-    theirs = _from_sklearn(model, diag, device)
-    assert _rel(fit.posterior.covariance, theirs.covariance) < 1e-5
-    assert _rel(fit.posterior.means, theirs.means) < 1e-5
+
+
+def test_cavi_matches_sklearn_diag_in_one_dimension(device: torch.device) -> None:
+    """The 1-D diag model against sklearn (its diag digamma term is right only for D = 1); K = 2,
+    as this prior (weight_concentration 0.5) empties a third component on these data."""
+    x, _ = _blobs(device, n_per=50, dim=1, spacing=OVERLAP)
+    _check_cavi_against_sklearn(x, _prior(x, "diag"), 2, device)
 
 
 def test_diag_is_independent_one_dimensional_problems(device: torch.device) -> None:
@@ -462,8 +564,8 @@ def _one_m_step(x: np.ndarray, resp: np.ndarray, covariance_type: str, reg: floa
 
 @pytest.mark.parametrize("covariance_type", COV_TYPES)
 def test_em_matches_sklearn(device: torch.device, covariance_type: str) -> None:
-    mixture = pytest.importorskip("sklearn.mixture")
-    x, _ = _blobs(device, dim=3)
+    mixture = require("sklearn.mixture")
+    x, _ = _blobs(device, n_per=50, dim=3, spacing=OVERLAP)
     resp0 = _random_resp(len(x), 3, device, seed=7)
     reg = 1e-3  # large enough that a wrong regularisation shows at the 1e-5 tolerance
     w0, m0, p0 = _one_m_step(x.cpu().numpy(), resp0.cpu().numpy(), covariance_type, reg)
@@ -480,6 +582,7 @@ def test_em_matches_sklearn(device: torch.device, covariance_type: str) -> None:
     fit = em(x, 3, covariance_type, tol=1e-12, reg_covar=reg, init_responsibilities=resp0)
     assert fit.converged and model.converged_
     assert fit.n_iter > 5
+    assert _fractional(fit.responsibilities) > 0.2  # overlapping clusters: every term shows
     assert _rel(fit.weights, model.weights_) < 1e-5
     assert _rel(fit.means, model.means_) < 1e-5
     assert _rel(fit.covariances, model.covariances_) < 1e-5
