@@ -69,7 +69,7 @@ def provenance(seed: int | None = None) -> dict[str, Any]:
     checkout), torch and Python versions, torch threads, the 1/5/15-minute load averages of
     the machine, its CPU count, the seed and the time (UTC, ISO 8601)."""
     return {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
+        "command": _command(),
         "commit": _git_commit(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -82,6 +82,24 @@ def provenance(seed: int | None = None) -> dict[str, Any]:
         "seed": seed,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _command() -> str | None:
+    """The command line as typed: ``pyro-attention ...`` also for ``python -m
+    pyro_attention.cli``, ``script.py ...`` for a script."""
+    if not sys.argv:
+        return None
+    program = Path(sys.argv[0])
+    if (
+        program.name == "pyro-attention"
+        or program.resolve() == Path(__file__).resolve().parent / "cli.py"
+    ):
+        name = "pyro-attention"
+    elif program.suffix == ".py":
+        name = str(program)  # a script, as it was named
+    else:
+        name = program.name
+    return " ".join([name, *sys.argv[1:]])
 
 
 def _git_commit() -> str | None:

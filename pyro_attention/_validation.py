@@ -37,6 +37,12 @@ def check_tensor(
             f"{name} must have a floating dtype (float32 or float64), got {value.dtype}; "
             f"use {name}.float() or {name}.double()"
         )
+    if floating and value.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"{name} has dtype {value.dtype}; inference needs float32 or float64 (the "
+            f"conjugate updates and log-densities lose too much in half precision): use "
+            f"{name}.float()"
+        )
     if ndim is not None and value.dim() != ndim:
         raise ValueError(
             f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}"
@@ -68,6 +74,13 @@ def check_positive_int(value: object, name: str) -> int:
     """``value`` as an int, refusing anything below 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_seed(value: object, name: str = "seed") -> int:
+    """``value`` as a seed of torch, numpy and Python's random: an int in ``[0, 2**32)``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValueError(f"{name} must be an integer in [0, 2**32 - 1], got {value!r}")
     return value
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -132,15 +133,21 @@ def _parser() -> argparse.ArgumentParser:
     seq.add_argument("--num-test", type=int, default=300, help="test examples (default 300)")
     seq.add_argument("--hidden", type=int, default=64, help="LSTM/MLP width (default 64)")
     seq.add_argument("--embed", type=int, default=32, help="embedding size (default 32)")
-    seq.add_argument("--temperature", type=float, default=0.5, help="gumbel τ (default 0.5)")
     seq.add_argument(
-        "--rws-particles", type=int, default=5, help="RWS samples per alignment (default 5)"
+        "--temperature", type=float, default=None, help="gumbel's τ (default 0.5; gmm, digits too)"
+    )
+    seq.add_argument(
+        "--rws-particles",
+        type=int,
+        default=None,
+        help="RWS samples per alignment or point (default: alignment 5, gmm and digits 10)",
     )
     seq.add_argument(
         "--pretrain-fraction",
         type=float,
-        default=0.3,
-        help="share of dirichlet's steps spent on the Jensen bound first (default 0.3)",
+        default=None,
+        help="share of dirichlet's steps spent on the Jensen bound first, in [0, 1) "
+        "(default: alignment 0.3, gmm and digits 0)",
     )
     seq.add_argument(
         "--emission-chunk-size",
@@ -241,22 +248,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _int_list(text: str, option: str) -> list[int]:
-    """``"1,2,3"`` as ``[1, 2, 3]``; a clear error for anything else."""
+def _int_list(text: str, option: str, *, low: int | None = None) -> list[int]:
+    """``"1,2,3"`` as ``[1, 2, 3]``, each at least ``low``; a clear error for anything else."""
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{option} must be comma-separated integers, got {text!r}") from None
+    if low is not None and (not values or min(values) < low):
+        raise ValueError(f"{option} must list integers >= {low}, e.g. {option} {low},{low + 1}")
+    return values
 
 
 def _sla(args: argparse.Namespace) -> int:
     from pyro_attention.experiments.sla_depth import sla_depth_study
 
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants:
+        raise ValueError("--variants names no variant; e.g. --variants plain,latent")
     study = sla_depth_study(
-        _int_list(args.depths, "--depths"),
+        _int_list(args.depths, "--depths", low=1),
         hops=args.hops,
-        seeds=_int_list(args.seeds, "--seeds"),
-        variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+        seeds=_int_list(args.seeds, "--seeds", low=0),
+        variants=variants,
         num_steps=args.steps,
         batch_size=args.batch_size,
         num_items=args.items,
@@ -281,7 +294,7 @@ def _device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device {name!r}: this command runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda was given but no CUDA device is available")
+        raise ValueError(f"--device {name!r}: no CUDA device is available here; use cpu")
     return device
 
 
@@ -296,23 +309,113 @@ def _method_names(args: argparse.Namespace, default: Sequence[str]) -> list[str]
     return names
 
 
-#: the options ``compare sgpa`` reads; the others belong to other comparisons
-SGPA_OPTIONS = frozenset(
-    {"command", "model", "methods", "steps", "lr", "num_samples", "covariance", "task"}
-    | {"num_train", "seeds", "d_model", "heads", "layers", "inducing", "dropout"}
-    | {"ensemble_size", "heldout_classes", "imports", "device", "dtype", "seed", "out"}
+def _methods(
+    args: argparse.Namespace,
+    default: Sequence[str],
+    *,
+    num_steps: int,
+    rws_particles: int = 10,
+    pretrain_fraction: float = 0.0,
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> list:
+    """The methods of ``--methods`` (or ``default``) with the options of the command line:
+    NUTS's draws, RWS's particles, gumbel's τ, dirichlet's pre-training share of ``num_steps``."""
+    fraction = pretrain_fraction if args.pretrain_fraction is None else args.pretrain_fraction
+    options: dict[str, dict[str, Any]] = {
+        "nuts": {
+            "num_samples": args.nuts_samples,
+            "warmup_steps": args.nuts_warmup,
+            "num_chains": args.nuts_chains,
+        },
+        "rws": {
+            "num_particles": rws_particles if args.rws_particles is None else args.rws_particles
+        },
+        "gumbel": {"temperature": 0.5 if args.temperature is None else args.temperature},
+        "dirichlet": {"pretrain_steps": int(fraction * num_steps)},
+    }
+    for name, more in (extra or {}).items():
+        options[name] = options.get(name, {}) | more
+    return [get_method(name, **options.get(name, {})) for name in _method_names(args, default)]
+
+
+#: options every comparison reads
+COMMON_OPTIONS = frozenset(
+    {"command", "model", "methods", "imports", "device", "dtype", "seed", "out", "resume"}
     | {"no_progress", "threads"}
 )
+#: options of the inference methods of ``compare gmm`` and ``compare digits``
+METHOD_OPTIONS = frozenset(
+    {"steps", "lr", "subsample_size", "num_samples", "components", "temperature"}
+    | {"rws_particles", "pretrain_fraction", "nuts_samples", "nuts_warmup", "nuts_chains"}
+)
+#: the options each comparison reads; any other given on the command line is refused
+MODEL_OPTIONS = {
+    "gmm": COMMON_OPTIONS | METHOD_OPTIONS | {"covariance"},
+    "digits": COMMON_OPTIONS | METHOD_OPTIONS | {"transformer_steps", "knn", "no_lookup"},
+    "alignment": COMMON_OPTIONS
+    | {"steps", "lr", "task", "epochs", "batch_size", "num_train", "num_test", "hidden"}
+    | {"embed", "temperature", "rws_particles", "pretrain_fraction", "emission_chunk_size"}
+    | {"kmax", "data_seed"},
+    "sgpa": COMMON_OPTIONS
+    | {"steps", "lr", "num_samples", "covariance", "task", "num_train", "seeds", "d_model"}
+    | {"heads", "layers", "inducing", "dropout", "ensemble_size", "heldout_classes"},
+}
+
+#: integer options that count something (at least 1)
+COUNT_OPTIONS = frozenset(
+    {"steps", "subsample_size", "num_samples", "components", "nuts_samples", "nuts_chains"}
+    | {"batch_size", "num_train", "num_test", "hidden", "embed", "rws_particles", "kmax"}
+    | {"emission_chunk_size", "knn", "d_model", "heads", "layers", "inducing"}
+    | {"ensemble_size", "hops", "items", "key_dim", "threads"}
+)
+#: counts whose least value is not 1, and why
+MINIMUMS = {"nuts_samples": 4}
+MINIMUMS_WHY = {"nuts_samples": "split R-hat and the ESS need 4 draws per chain"}
+#: integer options where 0 is meaningful
+NON_NEGATIVE_OPTIONS = frozenset({"nuts_warmup", "transformer_steps"})
+#: real options that must be finite and positive
+POSITIVE_OPTIONS = frozenset({"lr", "temperature", "epochs"})
+#: real options in an interval: (low, high, whether low is allowed)
+INTERVAL_OPTIONS = {"pretrain_fraction": (0.0, 1.0, True), "dropout": (0.0, 1.0, False)}
+#: seeds of torch, numpy and Python's random
+SEED_OPTIONS = frozenset({"seed", "data_seed"})
 
 
-def _refuse_foreign_options(args: argparse.Namespace, allowed: frozenset[str]) -> None:
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse, before any work, every numeric option out of its range, naming the flag."""
+    for dest, value in vars(args).items():
+        if value is None or isinstance(value, bool):
+            continue
+        flag = _flag(dest)
+        if dest in COUNT_OPTIONS and value < MINIMUMS.get(dest, 1):
+            why = f" ({MINIMUMS_WHY[dest]})" if dest in MINIMUMS_WHY else ""
+            raise ValueError(
+                f"{flag} must be an integer >= {MINIMUMS.get(dest, 1)}{why}, got {value}"
+            )
+        if dest in NON_NEGATIVE_OPTIONS and value < 0:
+            raise ValueError(f"{flag} must be an integer >= 0, got {value}")
+        if dest in POSITIVE_OPTIONS and not 0 < value < math.inf:
+            raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+        if dest in INTERVAL_OPTIONS:
+            low, high, closed = INTERVAL_OPTIONS[dest]
+            if not (low <= value < high if closed else low < value < high):
+                interval = f"{'[' if closed else '('}{low:g}, {high:g})"
+                raise ValueError(f"{flag} must lie in {interval}, got {value}")
+        if dest in SEED_OPTIONS and not 0 <= value < 2**32:
+            raise ValueError(f"{flag} must be an integer in [0, 2**32 - 1], got {value}")
+
+
+def _refuse_foreign_options(args: argparse.Namespace) -> None:
     """Refuse an option given on the command line that this comparison does not read."""
+    allowed = MODEL_OPTIONS[args.model]
     defaults = vars(_parser().parse_args([args.command, args.model]))
     for dest, value in vars(args).items():
         if dest not in allowed and value != defaults.get(dest):
-            raise ValueError(
-                f"--{dest.replace('_', '-')} does not apply to compare {args.model}; drop it"
-            )
+            raise ValueError(f"{_flag(dest)} does not apply to compare {args.model}; drop it")
 
 
 def _import_user_modules(names: Sequence[str]) -> None:
@@ -349,6 +452,11 @@ def _finish(result: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _svi_steps(args: argparse.Namespace) -> int:
+    """``--steps`` of ``compare gmm`` and ``compare digits`` (default 1000)."""
+    return 1000 if args.steps is None else int(args.steps)
+
+
 def _run_compare(
     model: Any, train: Any, test: Any, methods: list, dataset: str, args: argparse.Namespace
 ) -> Any:
@@ -360,7 +468,7 @@ def _run_compare(
         train,
         test,
         methods,
-        num_steps=1000 if args.steps is None else args.steps,
+        num_steps=_svi_steps(args),
         lr=0.05 if args.lr is None else args.lr,
         subsample_size=args.subsample_size,
         num_samples=200 if args.num_samples is None else args.num_samples,
@@ -389,15 +497,7 @@ def _compare_gmm(args: argparse.Namespace) -> int:
     prior = GMMPrior.default(dim, covariance, dtype=dtype)
     components = 4 if args.components is None else args.components
     gmm = BayesianGMM(components, dim, covariance, prior=prior)
-    nuts = {
-        "num_samples": args.nuts_samples,
-        "warmup_steps": args.nuts_warmup,
-        "num_chains": args.nuts_chains,
-    }
-    methods = [
-        get_method(name, **(nuts if name == "nuts" else {}))
-        for name in _method_names(args, GMM_DEFAULT_METHODS)
-    ]
+    methods = _methods(args, GMM_DEFAULT_METHODS, num_steps=_svi_steps(args))
     result = _run_compare(gmm, data.train, data.test, methods, "gmm2d", args)
     print(f"\nwrote {len(result.files)} files to {args.out}")
     return _finish(result, args)
@@ -411,7 +511,7 @@ def _compare_digits(args: argparse.Namespace) -> int:
     digits = load_digits_binary(dtype=getattr(torch, args.dtype), device=device)
     components = 10 if args.components is None else args.components
     model = BernoulliMixture(components, 64, image_shape=digits.image_shape)
-    methods = [get_method(name) for name in _method_names(args, DIGITS_DEFAULT_METHODS)]
+    methods = _methods(args, DIGITS_DEFAULT_METHODS, num_steps=_svi_steps(args))
     if not args.no_lookup:  # refuse bad lookup options before any training
         check_positive_int(args.knn, "--knn")
         if args.transformer_steps < 0:
@@ -466,14 +566,16 @@ def _compare_alignment(args: argparse.Namespace) -> int:
         seed=args.data_seed,
     )
     batches_per_epoch = -(-len(data.train) // args.batch_size)
-    steps = args.steps or max(1, round(args.epochs * batches_per_epoch))
-    names = _method_names(args, PAPER_METHODS)
-    options = {
-        "rws": {"num_particles": args.rws_particles, "local": True},
-        "gumbel": {"temperature": args.temperature},
-        "dirichlet": {"pretrain_steps": int(args.pretrain_fraction * steps)},
-    }
-    methods = [get_method(name, **options.get(name, {})) for name in names]
+    steps = args.steps if args.steps is not None else round(args.epochs * batches_per_epoch)
+    steps = max(1, steps)  # a fraction of an epoch is at least one step
+    methods = _methods(
+        args,
+        PAPER_METHODS,
+        num_steps=steps,
+        rws_particles=5,
+        pretrain_fraction=0.3,
+        extra={"rws": {"local": True}},
+    )
     dtype = getattr(torch, args.dtype)
 
     def make_model() -> LatentAlignmentSeq2Seq:
@@ -521,7 +623,6 @@ def _seeds(text: str, first: int) -> list[int]:
 def _compare_sgpa(args: argparse.Namespace) -> int:
     from pyro_attention.experiments.compare_sgpa import SGPA_METHODS, SGPASettings, compare_sgpa
 
-    _refuse_foreign_options(args, SGPA_OPTIONS)
     device = _device(args.device)
     task = args.task or "digits"
     if task == "sequence" and args.heldout_classes != "8,9":
@@ -561,10 +662,7 @@ def _compare_sgpa(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-attention`` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "compare" and args.threads is not None:
-        if args.threads < 1:
-            print("error: --threads must be a positive integer", file=sys.stderr)
-            return 2
+    if args.command == "compare" and args.threads is not None and args.threads >= 1:
         torch.set_num_threads(args.threads)
     if args.command == "compare" and args.model == "alignment" and args.task is None:
         args.task = "dates"
@@ -572,7 +670,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = {"alignment": args.task, "sgpa": f"sgpa-{args.task or 'digits'}"}
         args.out = f"runs/{folder.get(args.model, args.model)}"
     try:
+        check_options(args)
         if args.command == "compare":  # checked first: an unwritable folder loses every result
+            _refuse_foreign_options(args)
             check_output_folder(args.out, "--out")
             if args.resume and args.model not in RESUMABLE:
                 raise ValueError(

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -40,6 +38,7 @@ if str(REPO) not in sys.path:  # run from a checkout without an install
 import pyro  # noqa: E402
 
 from pyro_attention._io import write_json  # noqa: E402
+from pyro_attention._run_folder import provenance  # noqa: E402
 from pyro_attention.diagnostics.sbc import (  # noqa: E402
     InferFn,
     default_num_bins,
@@ -225,16 +224,6 @@ def settings_of(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return s
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
@@ -268,16 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "statistics": list(STATISTICS),
         "reference": "Talts et al. 2018, arXiv:1804.06788",
-        "provenance": {
-            "command": [sys.executable, *sys.argv] if argv is None else ["main", *argv],
-            "git_commit": git_commit(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "pyro": pyro.__version__,
-            "threads": torch.get_num_threads(),
-            "loadavg_start": list(os.getloadavg()),
-            "seed": args.seed,
-        },
+        "provenance": provenance(args.seed) | {"pyro": pyro.__version__},
         "methods": {},
     }
     common = min(args.replications_of.values())

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from pyro_attention._run_folder import RunFolder, check_output_folder
+from pyro_attention._validation import check_seed
 from pyro_attention.diagnostics import load_datatree, psis_khat, save_datatree, to_datatree
 from pyro_attention.diagnostics.plots import plot_comparison
 from pyro_attention.infer.evaluate import (
@@ -310,8 +311,7 @@ def compare(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_seed(seed)
     if isinstance(methods, str | InferenceMethod):
         raise ValueError(
             f"methods must be a list of names or method objects, got {methods!r}; "

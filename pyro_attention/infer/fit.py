@@ -28,6 +28,7 @@ from pyro.optim import ClippedAdam, PyroOptim
 from tqdm import tqdm
 
 from pyro_attention._io import atomic_path
+from pyro_attention._validation import check_seed
 from pyro_attention.guides import LOCAL_KINDS
 from pyro_attention.infer.evaluate import sample_guide_globals
 from pyro_attention.infer.methods import InferenceMethod
@@ -81,6 +82,8 @@ def fit(
             f"own settings go to its constructor ({type(method).__name__}(...)); "
             "runner_options(method) lists them"
         )
+    if options.get("seed") is not None:
+        check_seed(options["seed"])
     if options.get("batches") is not None and options.get("subsample_size") is not None:
         raise ValueError("pass either batches or subsample_size, not both")
     data = model_obj.check_data(data)
@@ -156,13 +159,19 @@ def _restore(snapshot: dict[str, torch.Tensor]) -> None:
 def _load_params(saved: ParamState) -> None:
     """Restore a saved param store *in place*: parameters already in the store (e.g. those of
     a ``torch.nn`` module registered with ``pyro.module``, which keeps its own tensors) get
-    the saved values copied into them; the others are added."""
+    the saved values copied into them; the others are added. A parameter of another shape (a
+    checkpoint of another model) is refused."""
     store = pyro.get_param_store()
     existing = dict(store.named_parameters())
     rest = ParamState(params={}, constraints={})
     with torch.no_grad():
         for name, value in saved["params"].items():
-            if name in existing and existing[name].shape == value.shape:
+            if name in existing:
+                if existing[name].shape != value.shape:
+                    raise ValueError(
+                        f"parameter {name!r} has shape {tuple(value.shape)} there but "
+                        f"{tuple(existing[name].shape)} here"
+                    )
                 existing[name].copy_(value)
             else:
                 rest["params"][name] = value
@@ -593,7 +602,7 @@ def mcmc_diagnostics(chains: dict[str, torch.Tensor], diverging: torch.Tensor) -
     """Worst split R-hat and bulk ESS over every element of every site, and the divergences.
 
     :param chains: ``{site: (chains, draws, ...)}``; :param diverging: ``(chains, draws)``.
-    R-hat needs two chains or more (NaN with one).
+    R-hat needs two chains or more (NaN with one); the ESS is at least 0.
     """
     rhats, esses = [], []
     for value in chains.values():
@@ -602,7 +611,9 @@ def mcmc_diagnostics(chains: dict[str, torch.Tensor], diverging: torch.Tensor) -
             continue
         if flat.shape[0] > 1 and flat.shape[1] > 3:
             rhats.append(split_gelman_rubin(flat, chain_dim=0, sample_dim=1).nan_to_num(1.0).max())
-        esses.append(effective_sample_size(flat, chain_dim=0, sample_dim=1).nan_to_num(0.0).min())
+        # the autocorrelation estimate can turn the ESS of a few draws negative: none is 0
+        ess = effective_sample_size(flat, chain_dim=0, sample_dim=1).nan_to_num(0.0)
+        esses.append(ess.clamp(min=0.0).min())
     return {
         "max_rhat": float(torch.stack(rhats).max()) if rhats else math.nan,
         "min_ess": float(torch.stack(esses).min()) if esses else math.nan,

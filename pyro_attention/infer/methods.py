@@ -660,6 +660,11 @@ class NUTS(InferenceMethod):
         min_ess: float = 100.0,
     ) -> None:
         self.num_samples = _positive_int(num_samples, "num_samples")
+        if self.num_samples < 4:
+            raise ValueError(
+                f"num_samples must be at least 4 draws per chain (split R-hat and the ESS need "
+                f"them), got {num_samples}"
+            )
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
         self.warmup_steps = warmup_steps

@@ -225,7 +225,9 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
 
     # ------------------------------------------------------------------ data
     def check_data(self, batch: Any) -> Any:
-        """Refuse mismatched batch sizes, empty batches, all-padding rows, ids out of range."""
+        """Refuse mismatched batch sizes, empty batches, masks that mark padding (id 0) as real
+        or real tokens after padding, all-padding rows, ids out of range. Ids under a False
+        mask are ignored, whatever they hold."""
         for name in ("source", "source_mask", "target", "target_in", "target_mask"):
             if not hasattr(batch, name):
                 raise TypeError(f"data must be an AlignmentBatch; it has no field {name!r}")
@@ -242,10 +244,6 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
             )
         if source.shape[0] == 0 or source.shape[1] == 0 or target.shape[1] == 0:
             raise ValueError("the batch is empty; pass at least one example with tokens")
-        if not batch.source_mask.any(-1).all():
-            raise ValueError("a source row is all padding; drop empty examples")
-        if not batch.target_mask.any(-1).all():
-            raise ValueError("a target row is all padding; drop examples with empty targets")
         for name, ids, size in (
             ("source", source, self.source_vocab_size),
             ("target", target, self.target_vocab_size),
@@ -256,6 +254,40 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
                     f"{name} has token ids outside [0, {size}); build the model with the "
                     "dataset's vocabulary sizes"
                 )
+        for name, ids, mask in (
+            ("source", source, batch.source_mask),
+            ("target", target, batch.target_mask),
+        ):
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                kind = type(mask).__name__ if not isinstance(mask, torch.Tensor) else mask.dtype
+                raise ValueError(
+                    f"{name}_mask must be a boolean tensor (True at real tokens), got {kind}; "
+                    f"use {name}_mask.bool() or {name} != 0"
+                )
+            if mask.shape != ids.shape:
+                raise ValueError(
+                    f"{name}_mask has shape {tuple(mask.shape)} but {name} has "
+                    f"{tuple(ids.shape)}; they must match"
+                )
+            padding = mask & (ids == 0)
+            if padding.any():
+                raise ValueError(
+                    f"{name}_mask marks {int(padding.sum())} padding position(s) of {name} (id "
+                    f"0) as real tokens; use {name}_mask = {name} != 0"
+                )
+            if (mask[:, 1:] & ~mask[:, :-1]).any():
+                raise ValueError(
+                    f"{name}_mask has a real token after padding; pad at the end of each row"
+                )
+        if batch.target_in.shape != target.shape:
+            raise ValueError(
+                f"target_in has shape {tuple(batch.target_in.shape)} but target has "
+                f"{tuple(target.shape)}; target_in is <bos> followed by target[:-1]"
+            )
+        if not batch.source_mask.any(-1).all():
+            raise ValueError("a source row is all padding; drop empty examples")
+        if not batch.target_mask.any(-1).all():
+            raise ValueError("a target row is all padding; drop examples with empty targets")
         return batch
 
     def num_points(self, batch: Any) -> int:

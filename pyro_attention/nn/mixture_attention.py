@@ -13,9 +13,11 @@ For a query ``q`` and keys ``k_1..k_K`` with log prior :math:`\\log\\pi_k`, Baye
   ``m``: :math:`\\log p(k \\mid x) = (m\\odot x)\\cdot\\ell_k - m\\cdot
   \\mathrm{softplus}(\\ell_k) + \\log\\pi_k + c(x)`, a dot product plus a bias (scale 1).
 
-The soft output is computed by :func:`torch.nn.functional.scaled_dot_product_attention` with the
-biases as an additive float mask. With ``latent=True`` the choice of key is an
-:func:`~pyro_attention.alignment.alignment` site instead, so every inference method of the
+The responsibilities are computed in float32 at least, and in float64 when a logit would
+overflow (a tiny ``sigma``), so low-precision inputs and extreme scales give the right weights
+or a ValueError, never a silent NaN or zero; the output is cast back to the inputs' dtype.
+With ``latent=True`` the choice of key is an :func:`~pyro_attention.alignment.alignment` site
+instead, so every inference method of the
 package applies (``soft()`` gives back the soft output, enumeration sums over the keys).
 
 Self-attention is ``query = key = value = x`` (:meth:`MixtureAttention.self_attention`); in the
@@ -25,12 +27,13 @@ Gaussian case each token is then also a component, its own included.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_attention.alignment import alignment, attend, masked_logits
+from pyro_attention.alignment import alignment, attend
 
 KINDS = ("gaussian", "bernoulli")
 
@@ -108,6 +111,19 @@ def dot_product_attention(
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
 
 
+class _Heads(NamedTuple):
+    """Checked inputs split into heads: ``q (..., H, Tq, d)``, ``k (..., H, Tk, d)``, ``v``,
+    the observed mask like ``q`` (or None), the log prior ``(..., 1, 1, Tk)`` with ``-inf``
+    moved into the key mask ``(..., 1, 1, Tk)`` (or None)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    observed: torch.Tensor | None
+    log_prior: torch.Tensor | None
+    key_mask: torch.Tensor | None
+
+
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """``(..., T, D)`` to ``(..., H, T, D / H)``."""
     return x.unflatten(-1, (num_heads, x.shape[-1] // num_heads)).transpose(-3, -2)
@@ -150,6 +166,13 @@ class MixtureAttention(nn.Module):
             raise ValueError(f"sigma must be a positive number, got {sigma!r}")
         if not 0 < sigma < math.inf:
             raise ValueError(f"sigma must be positive and finite, got {sigma!r}")
+        try:
+            (1.0 / sigma) ** 2  # the softmax scale 1/σ², held in float64
+        except OverflowError:
+            raise ValueError(
+                f"sigma={sigma!r} is too small: 1/sigma^2 overflows float64; rescale the "
+                "queries and keys instead"
+            ) from None
         if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
             raise ValueError(f"num_heads must be a positive integer, got {num_heads!r}")
         if not isinstance(name, str) or not name:
@@ -174,11 +197,14 @@ class MixtureAttention(nn.Module):
         log_prior: torch.Tensor | None,
         key_mask: torch.Tensor | None,
         observed: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
-        """Checked per-head tensors ``q (..., H, Tq, d)``, ``k``, ``v``, the additive bias
-        ``(..., H, Tq|1, Tk)`` (unmasked), the mask ``(..., 1, 1, Tk)`` or None, and the scale."""
+    ) -> _Heads:
+        """The checked inputs split into heads; a ``-inf`` log prior becomes a masked key."""
         _check_qkv(query, key, value)
         H, (Tq, D), Tk = self.num_heads, query.shape[-2:], key.shape[-2]
+        if Tk == 0:
+            raise ValueError(
+                "key has no items (shape (..., 0, D)); a mixture needs at least one component"
+            )
         for arg, size in (("query/key", D), ("value", value.shape[-1])):
             if size % H:
                 raise ValueError(
@@ -209,6 +235,10 @@ class MixtureAttention(nn.Module):
             m = observed.to(query.dtype).expand_as(query)
             # unobserved entries are ignored, whatever they hold (even NaN)
             query = torch.where(m > 0, query, torch.zeros((), dtype=query.dtype))
+        for arg, x in (("query", query), ("key", key), ("value", value)):
+            if not torch.isfinite(x).all():
+                where = " where observed" if arg == "query" and m is not None else ""
+                raise ValueError(f"{arg} contains NaN or inf{where}; attention needs finite inputs")
 
         if self.kind == "bernoulli" and not ((query == 0) | (query == 1)).all():
             raise ValueError(
@@ -216,42 +246,83 @@ class MixtureAttention(nn.Module):
                 "mask other entries with observed="
             )
 
-        q, k, v = (_split_heads(x, H) for x in (query, key, value))
-        mh = None if m is None else _split_heads(m, H)
-        if self.kind == "gaussian":
-            scale = 1.0 / self.sigma**2
-            sq = k.square()
-            norms = sq.sum(-1).unsqueeze(-2) if mh is None else mh @ sq.mT
-            bias = -0.5 * scale * norms
-        else:
-            scale = 1.0
-            sp = F.softplus(k)
-            bias = -(sp.sum(-1).unsqueeze(-2) if mh is None else mh @ sp.mT)
-
         if log_prior is not None:
             if not isinstance(log_prior, torch.Tensor) or log_prior.shape[-1:] != (Tk,):
                 raise ValueError(f"log_prior must be a tensor of shape (..., Tk) with Tk = {Tk}")
-            bias = bias + log_prior.to(bias.dtype)[..., None, None, :]
+            if torch.isnan(log_prior).any() or (log_prior == math.inf).any():
+                raise ValueError(
+                    "log_prior contains NaN or +inf; it must be finite, or -inf for a key "
+                    "that is not a component"
+                )
+            excluded = log_prior == -math.inf
+            if excluded.any():  # -inf: the key is not a component, as with key_mask=False
+                log_prior = log_prior.masked_fill(excluded, 0.0)
+                key_mask = ~excluded if key_mask is None else key_mask & ~excluded
+            log_prior = log_prior[..., None, None, :]
         if key_mask is not None:
             if not isinstance(key_mask, torch.Tensor) or key_mask.dtype != torch.bool:
                 raise ValueError("key_mask must be a boolean tensor (True = key may be chosen)")
             if key_mask.shape[-1:] != (Tk,):
                 raise ValueError(f"key_mask must have shape (..., Tk) with Tk = {Tk}")
+            if not key_mask.any(-1).all():
+                raise ValueError(
+                    "every key of a row is excluded (key_mask False or log_prior -inf); each "
+                    "query needs at least one component"
+                )
             key_mask = key_mask[..., None, None, :]
+        q, k, v = (_split_heads(x, H) for x in (query, key, value))
+        target = (*q.shape[:-1], Tk)
         try:
             shape = torch.broadcast_shapes(
-                bias.shape, (*q.shape[:-1], Tk), () if key_mask is None else key_mask.shape
+                target,
+                () if log_prior is None else log_prior.shape,
+                () if key_mask is None else key_mask.shape,
             )
         except RuntimeError as err:
             raise ValueError(
                 "batch dims of log_prior / key_mask do not broadcast with those of query and key"
             ) from err
-        if shape != (*q.shape[:-1], Tk):
+        if shape != target:
             raise ValueError(
                 "log_prior / key_mask have more batch dims than query and key; "
                 f"expected at most {tuple(q.shape[:-3])}"
             )
-        return q, k, v, bias, key_mask, scale
+        mh = None if m is None else _split_heads(m, H)
+        return _Heads(q, k, v, mh, log_prior, key_mask)
+
+    def _log_responsibilities(self, heads: _Heads) -> torch.Tensor:
+        """:math:`\\log p(k \\mid q)`, normalised, ``(..., H, Tq, Tk)``; masked keys ``-inf``.
+
+        Computed in float32 at least (float16/bfloat16 inputs overflow in the key norms), and
+        again in float64 when a logit overflows (e.g. a tiny ``sigma``); a ValueError when even
+        float64 cannot hold them, never a silent NaN or zero.
+        """
+        first = torch.promote_types(heads.q.dtype, torch.float32)
+        for dtype in dict.fromkeys((first, torch.float64)):
+            q, k = heads.q.to(dtype), heads.k.to(dtype)
+            m = None if heads.observed is None else heads.observed.to(dtype)
+            if self.kind == "gaussian":
+                scale = (1.0 / self.sigma) ** 2
+                sq = k.square()
+                norms = sq.sum(-1).unsqueeze(-2) if m is None else m @ sq.mT
+                logits = scale * (q @ k.mT) - (0.5 * scale) * norms
+            else:
+                sp = F.softplus(k)
+                logits = q @ k.mT - (sp.sum(-1).unsqueeze(-2) if m is None else m @ sp.mT)
+            if heads.log_prior is not None:
+                logits = logits + heads.log_prior.to(dtype)
+            finite = torch.isfinite(logits)
+            if heads.key_mask is not None:
+                logits = logits.masked_fill(~heads.key_mask, -math.inf)
+                finite = finite | ~heads.key_mask
+            if finite.all():
+                return torch.log_softmax(logits, -1)
+        raise ValueError(
+            f"the attention logits overflow even in float64 (kind={self.kind!r}"
+            + (f", sigma={self.sigma:g}" if self.kind == "gaussian" else "")
+            + "); rescale the queries and keys"
+            + (" or use a larger sigma" if self.kind == "gaussian" else "")
+        )
 
     def _head_logits(
         self,
@@ -262,11 +333,13 @@ class MixtureAttention(nn.Module):
         key_mask: torch.Tensor | None,
         observed: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        q, k, v, bias, key_mask, scale = self._prepare(
-            query, key, value, log_prior, key_mask, observed
-        )
-        logits = masked_logits(scale * (q @ k.mT) + bias, key_mask)
-        return logits, v, key_mask
+        """Log responsibilities in the inputs' dtype, masked keys at a large negative number
+        (finite, see :func:`~pyro_attention.alignment.masked_logits`); the values; the mask."""
+        heads = self._prepare(query, key, value, log_prior, key_mask, observed)
+        dtype = torch.result_type(heads.q, heads.v)
+        floor = torch.finfo(dtype).min / 4
+        logits = self._log_responsibilities(heads).clamp(min=floor).to(dtype)
+        return logits, heads.v, heads.key_mask
 
     def _squeeze(self, x: torch.Tensor) -> torch.Tensor:
         return x.squeeze(-3) if self.num_heads == 1 else x
@@ -283,8 +356,9 @@ class MixtureAttention(nn.Module):
         key_mask: torch.Tensor | None = None,
         observed: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Unnormalised log posterior :math:`\\log p(k \\mid q) + c(q)` (terms constant in ``k``
-        dropped); masked keys get a large negative number.
+        """Log posterior :math:`\\log p(k \\mid q)`, normalised over the keys, in the inputs'
+        dtype; masked keys (``key_mask`` False, ``log_prior`` ``-inf``) get a large negative
+        number.
 
         :returns: ``(..., Tq, Tk)``, or ``(..., H, Tq, Tk)`` when ``num_heads > 1``.
         """
@@ -340,11 +414,9 @@ class MixtureAttention(nn.Module):
             the left under ``TraceEnum_ELBO``, the soft output under ``handlers.soft()``.
         """
         if not self.latent:
-            q, k, v, bias, mask, scale = self._prepare(
-                query, key, value, log_prior, key_mask, observed
-            )
-            bias = masked_logits(bias.expand(*q.shape[:-1], k.shape[-2]), mask)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+            heads = self._prepare(query, key, value, log_prior, key_mask, observed)
+            weights = self._log_responsibilities(heads).exp()
+            out = (weights @ heads.v.to(weights.dtype)).to(torch.result_type(heads.q, heads.v))
             return _merge_heads(out)
         logits, v, mask = self._head_logits(query, key, value, log_prior, key_mask, observed)
         mask = None if mask is None else mask[..., 0, :, :]  # (..., 1, Tk)

@@ -188,7 +188,7 @@ def test_cli_runs_both_tasks_small(tmp_path, capsys):
         (["--seeds", "0"], "--seeds 0"),
         (["--seeds", "x"], "neither a count"),
         (["--d-model", "7"], "must be a multiple of --heads"),
-        (["--steps", "-1"], "steps must be a positive integer"),
+        (["--steps", "-1"], "--steps must be an integer >= 1, got -1"),
         (["--methods", ""], "--methods softmax,kernel"),
         (["--subsample-size", "8"], "--subsample-size does not apply to compare sgpa"),
         (["--epochs", "2"], "--epochs does not apply to compare sgpa"),

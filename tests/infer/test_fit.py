@@ -85,6 +85,15 @@ def test_checkpoint_of_another_method_refused(device, tmp_path):
         fit(gmm, data, "reinforce", num_steps=3, progress=False, checkpoint=path)
 
 
+def test_checkpoint_of_another_model_shape_refused(device, tmp_path):
+    data = load_gmm2d(device=device).train
+    path = tmp_path / "run.pt"
+    fit(BayesianGMM(3, 2, "diag"), data, "enum", num_steps=3, progress=False, checkpoint=path)
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match=r"does not fit this model \(parameter .* has shape"):
+        fit(BayesianGMM(4, 2, "diag"), data, "enum", num_steps=3, progress=False, checkpoint=path)
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_state(device, tmp_path):
     data = load_gmm2d(device=device).train
     gmm = BayesianGMM(3, 2, "diag")

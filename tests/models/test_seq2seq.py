@@ -86,8 +86,26 @@ def test_bad_batches_refused(device):
         model.check_data(batch._replace(target=batch.target[:1]))
     with pytest.raises(ValueError, match="outside"):
         model.check_data(batch._replace(target=batch.target + 1000))
+    empty = batch.source.clone()
+    empty[0] = 0
     with pytest.raises(ValueError, match="all padding"):
-        model.check_data(batch._replace(source_mask=torch.zeros_like(batch.source_mask)))
+        model.check_data(batch._replace(source=empty, source_mask=empty != 0))
+    # a mask may not mark padding (id 0) as real, nor a real token after padding
+    real = batch.target_mask.clone()
+    real[:, -1] = True
+    assert not batch.target_mask[:, -1].all(), "the tiny batch needs a padded target"
+    with pytest.raises(ValueError, match="target_mask marks .* padding position"):
+        model.check_data(batch._replace(target_mask=real))
+    with pytest.raises(ValueError, match="source_mask must be a boolean"):
+        model.check_data(batch._replace(source_mask=batch.source_mask.long()))
+    with pytest.raises(ValueError, match="source_mask has shape"):
+        model.check_data(batch._replace(source_mask=batch.source_mask[:, :-1]))
+    gap = batch.source.clone()
+    gap[0, 0] = 0
+    with pytest.raises(ValueError, match="source_mask has a real token after padding"):
+        model.check_data(batch._replace(source=gap, source_mask=gap != 0))
+    with pytest.raises(ValueError, match="target_in has shape"):
+        model.check_data(batch._replace(target_in=batch.target_in[:, :-1]))
     with pytest.raises(ValueError, match="empty"):
         model.check_data(batch._replace(source=batch.source[:0], target=batch.target[:0]))
     with pytest.raises(TypeError, match="AlignmentBatch"):

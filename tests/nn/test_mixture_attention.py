@@ -317,5 +317,91 @@ def test_bad_inputs_refused(device, call, match):
 
 def test_all_keys_masked_refused(device):
     q, k, v, _ = gaussian_inputs(device)
-    with pytest.raises(ValueError, match="excludes every item"):
+    with pytest.raises(ValueError, match="every key of a row is excluded"):
         MixtureAttention()(q, k, v, key_mask=torch.zeros(TK, dtype=torch.bool, device=device))
+
+
+@pytest.mark.parametrize("latent", [False, True])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("no keys", "key has no items"),
+        ("all -inf prior", "every key of a row is excluded"),
+        ("nan prior", "log_prior contains NaN"),
+        ("+inf prior", "log_prior contains NaN"),
+        ("nan query", "query contains NaN"),
+        ("inf key", "key contains NaN"),
+        ("inf value", "value contains NaN"),
+    ],
+)
+def test_degenerate_inputs_refused_not_zero_or_nan(device, latent, case, match):
+    q, k, v, log_prior = gaussian_inputs(device)
+    row = log_prior.clone()
+    row[1] = -torch.inf  # one batch row without a component
+    kwargs = {
+        "no keys": {"key": k[:, :0], "value": v[:, :0]},
+        "all -inf prior": {"log_prior": row},
+        "nan prior": {"log_prior": log_prior.masked_fill(log_prior < -1, torch.nan)},
+        "+inf prior": {
+            "log_prior": log_prior.clamp(max=-1).index_fill(-1, torch.tensor(0), torch.inf)
+        },
+        "nan query": {"query": q.index_fill(-1, torch.tensor(0), torch.nan)},
+        "inf key": {"key": k.index_fill(-1, torch.tensor(0), torch.inf)},
+        "inf value": {"value": v.index_fill(-1, torch.tensor(0), torch.inf)},
+    }[case]
+    args = {"query": q, "key": k, "value": v} | kwargs
+    attn = MixtureAttention(latent=latent)
+    with pytest.raises(ValueError, match=match):
+        attn(**args)
+    if not latent and case != "inf value":  # the weights alone do not read the values
+        with pytest.raises(ValueError, match=match):
+            attn.responsibilities(**args)
+
+
+def test_minus_inf_prior_excludes_a_key(device):
+    q, k, v, log_prior = gaussian_inputs(device)
+    excluded = log_prior.clone()
+    excluded[:, 0] = -torch.inf
+    mask = torch.ones(TK, dtype=torch.bool, device=device)
+    mask[0] = False
+    attn = MixtureAttention()
+    weights = attn.responsibilities(q, k, log_prior=excluded)
+    assert (weights[..., 0] == 0).all()
+    torch.testing.assert_close(
+        weights, attn.responsibilities(q, k, log_prior=log_prior, key_mask=mask), **TOL
+    )
+
+
+def _reference_output(q, k, v, sigma):
+    """The Gaussian mixture's read-out in float64 by Bayes' rule with torch.distributions."""
+    q, k, v = q.double(), k.double(), v.double()
+    log_lik = dist.Normal(k.unsqueeze(-3), sigma).log_prob(q.unsqueeze(-2)).sum(-1)
+    return torch.softmax(log_lik, -1) @ v
+
+
+@pytest.mark.parametrize(
+    "dtype, spread, sigma",
+    [
+        (torch.float16, 300.0, 1.0),  # squared key norms ~1e6 overflow float16 (max 65504)
+        (torch.bfloat16, 300.0, 1.0),
+        (torch.float32, 1.0, 1e-30),  # 1/sigma^2 = 1e60 overflows float32
+        (torch.float64, 1.0, 1e-30),
+        (torch.float32, 1.0, 1e30),  # every key equally likely: the mean value
+    ],
+)
+def test_low_precision_and_extreme_scales_are_computed_correctly(device, dtype, spread, sigma):
+    q, k, v, _ = gaussian_inputs(device)
+    q, k, v = (spread * q).to(dtype), (spread * k).to(dtype), v.to(dtype)
+    attn = MixtureAttention(sigma=sigma)
+    out = attn(q, k, v)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    expected = _reference_output(q, k, v, sigma).to(dtype)
+    torch.testing.assert_close(out, expected, rtol=1e-2, atol=1e-2)
+    if sigma < 1:  # the nearest key takes all the weight
+        weights = attn.responsibilities(q, k)
+        assert ((weights == 0) | (weights == 1)).all() and (weights.sum(-1) == 1).all()
+
+
+def test_sigma_whose_scale_overflows_float64_is_refused():
+    with pytest.raises(ValueError, match="sigma=1e-200 is too small"):
+        MixtureAttention(sigma=1e-200)
