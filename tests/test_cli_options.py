@@ -18,6 +18,12 @@ SLA = ["sla", "--depths", "1", "--seeds", "0"]
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        ([*GMM, "--methods", ""], "--methods '' names no method"),
+        ([*GMM, "--methods", "cavi,em,cavi"], "cavi named twice"),
+        ([*GMM, "--device", "nonsense"], "--device 'nonsense' is not a torch device"),
+        ([*GMM, "--device", "mps"], "--device 'mps': this command runs on cpu or cuda"),
+        ([*GMM, "--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
+        ([*ALIGNMENT, "--methods", "soft,exact,soft"], "soft named twice"),
         # options of methods that are not run are checked too
         ([*GMM, "--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
         ([*GMM, "--lr", "nan"], "--lr must be a finite number > 0, got nan"),

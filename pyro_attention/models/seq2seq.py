@@ -55,6 +55,11 @@ def _is_enumerated(z: torch.Tensor, target: torch.Tensor) -> bool:
     return not z.is_floating_point() and z.dim() > target.dim()
 
 
+def _out_of_memory(err: RuntimeError) -> bool:
+    """Whether ``err`` is torch's out-of-memory error (CUDA's class, or the CPU allocator's)."""
+    return isinstance(err, torch.OutOfMemoryError) or "not enough memory" in str(err)
+
+
 class _Network(nn.Module):
     """Encoder, decoder, alignment scores and emission of the model."""
 
@@ -219,8 +224,19 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
                 log_lik = attend(table, z, event_dim=0)
                 pyro.sample("target", ObservedLogProb(log_lik), obs=batch.target)
             else:
-                context = attend(encoder.unsqueeze(-3), z)
-                emission = self.emission_logits(context, decoder)
+                try:
+                    context = attend(encoder.unsqueeze(-3), z)
+                    emission = self.emission_logits(context, decoder)
+                except RuntimeError as err:  # torch.OutOfMemoryError is one too
+                    if not (_out_of_memory(err) and _is_enumerated(z, batch.target)):
+                        raise
+                    raise MemoryError(
+                        f"out of memory computing the emission of all {encoder.shape[-2]} "
+                        "source positions at once (the alignments are enumerated: memory S x "
+                        "B x T x V); build the model with emission_chunk_size=8 (or "
+                        "--emission-chunk-size 8) to compute a few positions at a time, or "
+                        f"use smaller batches ({str(err).splitlines()[0]})"
+                    ) from err
                 pyro.sample("target", dist.Categorical(logits=emission), obs=batch.target)
 
     # ------------------------------------------------------------------ data

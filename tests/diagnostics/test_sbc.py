@@ -7,6 +7,7 @@ The exact conjugate toy is a Normal mean with known variance: prior :math:`\\mu 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -414,3 +415,17 @@ def test_gmm_cavi_and_overconfident_control():
     # ... and even where mean-field CAVI is too narrow it is far closer than the control
     for name, p in exact_ish.p_values.items():
         assert p > 1e6 * control.p_values[name], name
+
+
+@pytest.mark.slow
+def test_gmm_enum_and_nuts_are_calibrated(tmp_path):
+    """The script's own runs of enum and nuts, at fewer replications than the README's."""
+    script = _load_script()
+    script.main(
+        ["--methods", "enum,nuts", "--replications", "24", "--draws", "19"]
+        + ["--out", str(tmp_path), "--seed", "1"]
+    )
+    methods = json.loads((tmp_path / "sbc.json").read_text())["methods"]
+    for name in ("enum", "nuts"):
+        assert methods[name]["passed"], (name, methods[name]["statistics"])
+        assert (tmp_path / f"rank_hist_{name}.png").stat().st_size > 0

@@ -106,6 +106,7 @@ def test_refusals_name_the_missing_capability_and_the_fix():
         ({"lr": float("inf")}, "lr must be a finite number > 0"),
         ({"subsample_size": 0}, "subsample_size must be an integer >= 1"),
         ({"subsample_size": 10**6}, "larger than the"),
+        ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*32 - 1\], got -1"),
     ],
 )
 def test_bad_svi_options_are_refused_before_work(options, match):
@@ -121,6 +122,9 @@ def test_bad_svi_options_are_refused_before_work(options, match):
         ("rws", {"num_particles": 0}, "num_particles must be an integer >= 1"),
         ("nuts", {"num_samples": 0}, "num_samples must be an integer >= 1"),
         ("nuts", {"num_chains": 0}, "num_chains must be an integer >= 1"),
+        ("nuts", {"num_samples": 3}, "num_samples must be at least 4 draws per chain"),
+        ("nuts", {"warmup_steps": -1}, "warmup_steps must be an integer >= 0"),
+        ("dirichlet", {"concentration": 0.0}, "concentration"),
         ("cavi", {"max_iter": 0}, "max_iter must be an integer >= 1"),
         ("reinforce", {"num_particles": -3}, "num_particles must be an integer >= 1"),
         ("enum", {"bogus": 1}, "bad options for method 'enum'"),
@@ -129,6 +133,19 @@ def test_bad_svi_options_are_refused_before_work(options, match):
 def test_bad_method_options_are_refused(name, options, match):
     with pytest.raises(ValueError, match=match):
         get_method(name, **options)
+
+
+def test_pretraining_longer_than_the_run_is_refused():
+    method = get_method("dirichlet", pretrain_steps=50)
+    with pytest.raises(ValueError, match="pretrain_steps=50 leaves none of num_steps=10"):
+        fit(BayesianGMM(2, 2), load_gmm2d().train, method, num_steps=10, progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_data_is_refused_with_the_fix(dtype):
+    data = load_gmm2d().train.to(dtype)
+    with pytest.raises(TypeError, match=f"data has dtype {dtype}; inference needs float32"):
+        fit(BayesianGMM(2, 2), data, "cavi", progress=False)
 
 
 # ----------------------------------------------------------------------------- the fixes

@@ -221,3 +221,24 @@ def test_every_parameter_is_stored_once(device, method):
     svi.step(batch)
     unchanged = [n for n, t, b in zip(store.keys(), tensors, before, strict=True) if t.equal(b)]
     assert not unchanged
+
+
+def test_out_of_memory_of_the_enumerated_emission_names_the_chunk_option(device, monkeypatch):
+    """The exact model holds S x B x T x V emission logits; when they do not fit, the error says
+    that ``emission_chunk_size`` avoids it (the allocator's failure is simulated)."""
+    model, batch = tiny(device)
+    elbo = TraceEnum_ELBO(max_plate_nesting=2)
+
+    def exhausted(context, decoder):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 8 GB")
+
+    monkeypatch.setattr(model, "emission_logits", exhausted)
+    with pytest.raises(MemoryError, match="emission_chunk_size=8"):
+        elbo.loss(enumerate_alignments(model.model), lambda batch: None, batch)
+
+    def broken(context, decoder):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(model, "emission_logits", broken)  # other errors pass through
+    with pytest.raises(RuntimeError, match="^shape mismatch"):
+        elbo.loss(enumerate_alignments(model.model), lambda batch: None, batch)
