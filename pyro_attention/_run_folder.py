@@ -38,14 +38,17 @@ _INTERNAL = (LOCK, SUMMARY)
 
 
 def check_output_folder(out: str | os.PathLike, option: str = "out") -> Path:
-    """Refuse, before any work starts, an ``out`` that cannot be a folder of results: a file, or
-    a place that cannot be written (tested by writing there). Leaves no trace: folders this
-    check had to create are removed again. The :class:`ValueError` names ``option``."""
+    """Refuse, before any work starts, an ``out`` that cannot be a folder of results: a file,
+    the file-system root, or a place that cannot be written (tested by writing there). Leaves
+    no trace: folders this check had to create are removed again. The :class:`ValueError`
+    names ``option``."""
     path = Path(out)
     if str(out).strip() == "":
         raise ValueError(f"{option} is empty; name a folder for the results")
     if path.exists() and not path.is_dir():
         raise ValueError(f"{option} {str(out)!r} is a file; name a folder for the results")
+    if path.resolve() == Path(path.resolve().anchor):
+        raise ValueError(f"{option} {str(out)!r} is the file-system root; name a folder in it")
     created = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -144,6 +147,9 @@ class RunFolder:
         otherwise the files the previous ``summary.json`` lists are removed first.
     :param option: the option's name in error messages (``--out`` for the CLI).
     :param seed: recorded in the provenance.
+    :param kind: what writes here (``"compare gmm"``, ``"sla"``), recorded in the summary; a
+        folder whose ``summary.json`` another kind of run wrote is refused, so one program's
+        re-run never removes another's results.
     """
 
     def __init__(
@@ -153,11 +159,13 @@ class RunFolder:
         resume: bool = False,
         option: str = "out",
         seed: int | None = None,
+        kind: str = "run",
     ) -> None:
         self.path = check_output_folder(out, option)
         self.path.mkdir(parents=True, exist_ok=True)
         self.option = option
         self.resume = resume
+        self.kind = kind
         self.provenance = provenance(seed)
         self.previous: dict[str, Any] | None = None
         self.files: list[str] = []
@@ -170,6 +178,7 @@ class RunFolder:
         try:
             self._remove_temporary_files()
             self.previous = self._read_previous()
+            self._check_kind()
             if not self.resume:
                 self._remove_previous_files()
         except BaseException:
@@ -246,6 +255,23 @@ class RunFolder:
             return None
         return previous if isinstance(previous, dict) else None
 
+    def _check_kind(self) -> None:
+        """Refuse a folder holding another kind of run's results (or a summary.json that no
+        run of this package wrote)."""
+        path = self.path / SUMMARY
+        if not path.exists():
+            return
+        previous = self.previous or {}
+        kind = previous.get("kind")
+        if kind is None and "provenance" in previous:
+            return  # written by this package before runs recorded their kind
+        if kind != self.kind:
+            holds = f"the results of {kind!r}" if kind else "a summary.json of another program"
+            raise ValueError(
+                f"{self.option} {str(self.path)!r} holds {holds}, not of {self.kind!r}; choose "
+                "another folder (or delete that one)"
+            )
+
     def _remove_previous_files(self) -> None:
         """Remove what the previous run wrote (its summary lists it), and only that."""
         if self.previous is None:
@@ -295,6 +321,7 @@ class RunFolder:
             raise ValueError(f"state must be running, interrupted or finished, got {state!r}")
         content = {
             **summary,
+            "kind": self.kind,
             "state": state,
             "provenance": self.provenance,
             "files": list(self.files),

@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 from pyro_attention._run_folder import check_output_folder
-from pyro_attention._validation import check_positive_int
 from pyro_attention.infer.registry import get_method, method_names
 
 MODELS = ("gmm", "alignment", "digits", "sgpa")
@@ -409,12 +408,17 @@ def check_options(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be an integer in [0, 2**32 - 1], got {value}")
 
 
+def _given(args: argparse.Namespace, dest: str) -> bool:
+    """Whether option ``dest`` differs from its default (was given on the command line)."""
+    defaults = vars(_parser().parse_args([args.command, args.model]))
+    return bool(getattr(args, dest) != defaults.get(dest))
+
+
 def _refuse_foreign_options(args: argparse.Namespace) -> None:
     """Refuse an option given on the command line that this comparison does not read."""
     allowed = MODEL_OPTIONS[args.model]
-    defaults = vars(_parser().parse_args([args.command, args.model]))
-    for dest, value in vars(args).items():
-        if dest not in allowed and value != defaults.get(dest):
+    for dest in vars(args):
+        if dest not in allowed and _given(args, dest):
             raise ValueError(f"{_flag(dest)} does not apply to compare {args.model}; drop it")
 
 
@@ -512,16 +516,23 @@ def _compare_digits(args: argparse.Namespace) -> int:
     components = 10 if args.components is None else args.components
     model = BernoulliMixture(components, 64, image_shape=digits.image_shape)
     methods = _methods(args, DIGITS_DEFAULT_METHODS, num_steps=_svi_steps(args))
-    if not args.no_lookup:  # refuse bad lookup options before any training
-        check_positive_int(args.knn, "--knn")
-        if args.transformer_steps < 0:
-            raise ValueError("--transformer-steps must be >= 0 (0 leaves the transformer out)")
+    if args.no_lookup:
+        for dest in ("knn", "transformer_steps"):
+            if _given(args, dest):
+                raise ValueError(
+                    f"{_flag(dest)} sets the lookup, which --no-lookup leaves out; drop one"
+                )
+    elif args.knn > len(digits.train):  # refuse bad lookup options before any training
+        raise ValueError(
+            f"--knn {args.knn} exceeds the {len(digits.train)} training images; use fewer"
+        )
     comparison = _run_compare(model, digits.train, digits.test, methods, "digits8x8", args)
     if not args.no_lookup:
         from pyro_attention._run_folder import RunFolder
         from pyro_attention.experiments.digits_lookup import digits_lookup
 
-        with RunFolder(args.out, resume=True, option="--out", seed=args.seed) as folder:
+        kind = f"compare {model.name}"  # the folder compare() just wrote
+        with RunFolder(args.out, resume=True, option="--out", seed=args.seed, kind=kind) as folder:
             folder.adopt_previous_files()
             comparison.folder = folder
             comparison.write_summary("running")
@@ -566,6 +577,8 @@ def _compare_alignment(args: argparse.Namespace) -> int:
         seed=args.data_seed,
     )
     batches_per_epoch = -(-len(data.train) // args.batch_size)
+    if args.steps is not None and _given(args, "epochs"):
+        raise ValueError("--steps and --epochs both set the training length; give one")
     steps = args.steps if args.steps is not None else round(args.epochs * batches_per_epoch)
     steps = max(1, steps)  # a fraction of an epoch is at least one step
     methods = _methods(

@@ -45,6 +45,11 @@ _INPUT_LAYOUTS: tuple[tuple[str, ...], ...] = (("sample",), ("chain", "draw"))
 _RESERVED_DIMS = frozenset({"sample", "chain", "draw"})
 _RESERVED_ATTRS = frozenset({"sample_dims", "input_sample_dims"})
 _SAMPLE_GROUPS = ("posterior", "posterior_predictive", "log_likelihood", "sample_stats")
+#: every group name of the ArviZ schema
+_GROUP_NAMES = frozenset(
+    {*_SAMPLE_GROUPS, "prior", "prior_predictive", "observed_data", "constant_data"}
+    | {"predictions", "predictions_constant_data", "warmup_posterior", "unconstrained_posterior"}
+)
 #: Attribute (per group) listing the attrs that :func:`save_datatree` stored as JSON text.
 _JSON_ATTRS_KEY = "pyro_attention_json_attrs"
 
@@ -212,6 +217,11 @@ def _check_attrs(attrs: Mapping[str, object]) -> dict[str, object]:
             raise TypeError(f"attrs keys must be strings, got {key!r}")
         if key in _RESERVED_ATTRS or key == _JSON_ATTRS_KEY:
             raise ValueError(f"attrs[{key!r}] is set by to_datatree itself; drop it from attrs")
+        if key in _GROUP_NAMES:  # ArviZ finds groups as attributes: this one would hide it
+            raise ValueError(
+                f"attrs[{key!r}] has the name of an ArviZ group, and arviz_stats would read it "
+                f"as that group; rename it (e.g. {key + '_note'!r})"
+            )
         try:
             json.dumps(_jsonable(value))
         except (TypeError, ValueError) as error:

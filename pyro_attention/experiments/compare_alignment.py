@@ -145,7 +145,9 @@ def compare_alignment(
         return dataset.batches("train", batch_size, shuffle=True, seed=seed + epoch, device=device)
 
     _warm_up(probe.to(device), next(iter(batches(0))))
-    folder = None if out is None else RunFolder(out, seed=seed).__enter__()
+    folder = (
+        None if out is None else RunFolder(out, seed=seed, kind="compare alignment").__enter__()
+    )
     comparison.folder = folder
     state = "interrupted"
     try:

@@ -536,7 +536,11 @@ def compare_sgpa(
     comparison = SGPAComparison(
         task, settings, [], seeds=seeds, device=str(device), dtype=str(dtype).removeprefix("torch.")
     )
-    folder = None if out is None else RunFolder(out, seed=seeds[0]).__enter__()
+    folder = (
+        None
+        if out is None
+        else RunFolder(out, seed=seeds[0], kind=f"compare sgpa {task}").__enter__()
+    )
     state = "interrupted"
     try:
         _run_rows(comparison, names, folder, device=device, dtype=dtype, progress=progress)
@@ -617,7 +621,7 @@ def _write_tree(
             "task": data.name,
             "seed": row["seed"],
             "point_estimate": point_estimate,
-            "log_likelihood": "held-out test sequences, per predictive draw",
+            "log_likelihood_of": "held-out test sequences, per predictive draw",
             "accuracy": row["accuracy"],
             "nll": row["nll"],
         },

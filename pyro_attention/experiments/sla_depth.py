@@ -267,6 +267,9 @@ def sla_depth_study(
     for v in variants:
         if v not in VARIANTS:
             raise ValueError(f"unknown variant {v!r}; choose from {tuple(VARIANTS)}")
+    twice = sorted({v for v in variants if list(variants).count(v) > 1})
+    if twice:
+        raise ValueError(f"variant(s) {', '.join(twice)} named twice in variants; name each once")
     for name, value in (
         ("num_steps", num_steps),
         ("batch_size", batch_size),
@@ -328,7 +331,7 @@ def sla_depth_study(
     }
     study = SLADepthStudy(rows=[], runs=[], settings=settings, environment=environment)
     cells = [(s, v, L) for s in seeds for v in variants for L in depths]
-    folder = None if out is None else RunFolder(out, option="out", seed=seeds[0]).__enter__()
+    folder = None if out is None else RunFolder(out, seed=seeds[0], kind="sla").__enter__()
     state = "interrupted"
     try:
         with (

@@ -80,6 +80,9 @@ class Comparison:
     sections: dict[str, Any] = field(default_factory=dict)
     #: the options every method ran with (a resumed run must match them)
     settings: dict[str, Any] = field(default_factory=dict)
+    #: dtype and shape of every sample site of the model on the training data, e.g.
+    #: ``{"weights": "float32 (4,)"}``: the model's size and precision (a resumed run must match)
+    sites: dict[str, str] = field(default_factory=dict)
     #: training objective (loss) per step, per method
     traces: dict[str, list[float]] = field(default_factory=dict)
     #: methods whose rows came from an earlier, interrupted run (``resume=True``)
@@ -95,6 +98,7 @@ class Comparison:
             "device": self.device,
             "seed": self.seed,
             "settings": self.settings,
+            "sites": self.sites,
             "results": self.rows,
             **self.sections,
         }
@@ -319,6 +323,7 @@ def compare(
         )
     structure = check_model(model_obj, train)
     trace_model(model_obj, test, log_prob=True)  # the held-out data must fit the model too
+    sites = _site_shapes(model_obj, train)
     if methods is None:  # every applicable method, those that can use the options given
         names: list[str | InferenceMethod] = [
             name
@@ -346,7 +351,7 @@ def compare(
             for phase, _ in method.phases(num_steps):
                 phase.check(structure, subsample_size=subsample_size)
     device = str(train.device) if isinstance(train, torch.Tensor) else "cpu"
-    comparison = Comparison(model_obj.name, dataset, device, seed, rows=[])
+    comparison = Comparison(model_obj.name, dataset, device, seed, rows=[], sites=sites)
     comparison.settings = {
         "num_steps": num_steps,
         "lr": lr,
@@ -367,7 +372,9 @@ def compare(
     initial = clone_state(model_obj)  # every method starts from the same network weights
     folder = None
     if out is not None:
-        folder = RunFolder(out, resume=resume, seed=seed).__enter__()
+        folder = RunFolder(
+            out, resume=resume, seed=seed, kind=f"compare {model_obj.name}"
+        ).__enter__()
         comparison.folder = folder
     state = "interrupted"
     try:
@@ -443,6 +450,16 @@ def _checkpoint_path(folder: RunFolder, method: str) -> Path:
     return folder.path / f".checkpoint-{method}.pt"
 
 
+def _site_shapes(model_obj: AlignmentModel, data: Any) -> dict[str, str]:
+    """``{site: "dtype shape"}`` of every sample site of one run of the model on ``data``."""
+    trace = trace_model(model_obj, data)
+    return {
+        name: f"{str(site['value'].dtype).removeprefix('torch.')} {tuple(site['value'].shape)}"
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and isinstance(site["value"], torch.Tensor)
+    }
+
+
 def _finished_rows(
     comparison: Comparison, folder: RunFolder, methods: Sequence[InferenceMethod]
 ) -> dict[str, dict[str, Any]]:
@@ -462,11 +479,17 @@ def _finished_rows(
         "settings": comparison.settings,
     }
     differ = [key for key, value in mine.items() if previous.get(key) != value]
-    if differ:
-        details = "; ".join(f"{k}: {previous.get(k)!r} then, {mine[k]!r} now" for k in differ)
+    details = [f"{k}: {previous.get(k)!r} then, {mine[k]!r} now" for k in differ]
+    before = previous.get("sites", {})
+    for name in sorted(set(before) | set(comparison.sites)):
+        if before.get(name) != comparison.sites.get(name):
+            then, now = before.get(name, "absent"), comparison.sites.get(name, "absent")
+            details.append(f"site {name!r}: {then} then, {now} now")
+    if details:
         raise ValueError(
             f"cannot resume the run in {str(folder.path)!r}: it was made with other options "
-            f"({details}); run without resume to start again, or choose another folder"
+            f"({'; '.join(details)}); run without resume to start again, or choose another "
+            "folder"
         )
     settings = {m.name: repr(m) for m in methods}
     finished = {}

@@ -200,7 +200,7 @@ def check_model(model_obj: AlignmentModel, data: Any) -> ModelStructure:
     data = model_obj.check_data(data)
     structure = inspect_model(model_obj, data)
     check_nesting(model_obj, structure)
-    first = trace_model(model_obj, data)
+    first = trace_model(model_obj, data, log_prob=True)  # bad data is blamed on the data
     num = _size_not_in(first)  # a draw dimension no dim of the model can be mistaken for
     draws = [first] + [trace_model(model_obj, data) for _ in range(num - 1)]
     samples = {

@@ -120,9 +120,7 @@ def _check_checkpoint_path(path: Path) -> None:
         raise ValueError(f"checkpoint={str(path)!r} cannot be written ({err})") from None
 
 
-def check_svi_options(
-    *, num_steps: Any, lr: Any, subsample_size: Any, num_points: int
-) -> None:
+def check_svi_options(*, num_steps: Any, lr: Any, subsample_size: Any, num_points: int) -> None:
     """Refuse bad options of the SVI runner before any work (``lr=None``: an optimiser was
     given instead)."""
     _check_int(num_steps, "num_steps", 1)
@@ -405,7 +403,7 @@ def _svi_phase(
         start, losses, seconds_before = state["step"], list(state["losses"]), state["seconds"]
         points_before = state.get("points_seen", 0)
 
-    points_per_step = subsample_size or model_obj.num_points(data)
+    points_per_step = model_obj.num_points(data) if subsample_size is None else subsample_size
     stream = None if batches is None else batch_stream(batches, batch_offset + start)
     points_seen = points_before
     step_points: list[int] = []
@@ -477,8 +475,8 @@ def _svi_phase(
     )
     if status != "ok":
         raise NonFiniteLossError(
-            f"{method.name} on {model_obj.name}: {status[len('warn: '):]}. Lower the learning rate "
-            f"(lr={lr}), use float64 data, or (gumbel) raise the temperature",
+            f"{method.name} on {model_obj.name}: {status[len('warn: ') :]}. Lower the learning "
+            f"rate (lr={lr}), use float64 data, or (gumbel) raise the temperature",
             result,
         )
     return result
@@ -498,7 +496,11 @@ def closed_form_fit(
     update = model_obj.closed_form_updates()[method.update]
     t0 = time.perf_counter()
     state = update(
-        data, max_iter=method.max_iter, tol=method.tol, seed=seed or 0, progress=progress
+        data,
+        max_iter=method.max_iter,
+        tol=method.tol,
+        seed=0 if seed is None else seed,
+        progress=progress,
     )
     seconds = time.perf_counter() - t0
     n = model_obj.num_points(data)
@@ -541,7 +543,7 @@ def nuts_fit(
     diverging = []
     t0 = time.perf_counter()
     for chain in range(method.num_chains):
-        pyro.set_rng_seed((seed or 0) + chain)
+        pyro.set_rng_seed((0 if seed is None else seed) + chain)
         kernel = _PyroNUTS(
             model_fn,
             max_plate_nesting=model_obj.max_plate_nesting,

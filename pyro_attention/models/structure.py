@@ -65,11 +65,16 @@ def trace_model(model_obj: AlignmentModel, data: Any, *, log_prob: bool = False)
                 trace.compute_log_prob()
             return trace
     except Exception as err:
-        first = (str(err).strip().splitlines() or [""])[0]
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+        first = lines[0]
+        if first.endswith(":") and len(lines) > 1:  # Pyro's "Error ... at site 'obs':" + why
+            first = f"{first} {lines[1]}"[:300]
+        half = isinstance(data, torch.Tensor) and data.dtype in (torch.float16, torch.bfloat16)
         raise ValueError(
             f"{model_obj.name}: the model fails on this data ({type(err).__name__}: {first}); "
             "check the data (NaN, values outside the likelihood's support, the shape and type "
             "the model expects)"
+            + (f"; the data are {data.dtype}: use data.float()" if half else "")
         ) from err
 
 

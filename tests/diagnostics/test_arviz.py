@@ -349,3 +349,14 @@ def test_posterior_predictive_group_round_trips(tmp_path) -> None:
     np.testing.assert_array_equal(back.posterior_predictive["y"].values[0], draws.numpy())
     with pytest.raises(ValueError, match="leading sample shape"):
         to_datatree({"u": torch.randn(6, 2)}, posterior_predictive={"y": draws[:5]})
+
+
+def test_an_attribute_named_like_a_group_is_refused():
+    """ArviZ looks groups up as attributes: a root attribute ``log_likelihood`` would make
+    ``arviz_stats.loo`` of a tree without that group fail with an AttributeError."""
+    samples = {"mu": torch.randn(4, 2)}
+    with pytest.raises(ValueError, match=r"attrs\['log_likelihood'\] has the name of an ArviZ"):
+        to_datatree(samples, attrs={"log_likelihood": "held-out points"})
+    tree = to_datatree(samples, attrs={"log_likelihood_of": "held-out points"})
+    with pytest.raises(TypeError, match="log likelihood not found"):
+        arviz_stats.loo(tree)

@@ -380,7 +380,7 @@ def test_script_runs_cavi_and_writes_its_files(tmp_path):
     summary = json.loads((tmp_path / "sbc.json").read_text())
     assert set(summary["methods"]) == {"cavi", "overconfident-cavi"}
     assert summary["methods"]["cavi"]["replications"] == 4
-    assert "git_commit" in summary["provenance"] and summary["provenance"]["threads"] >= 1
+    assert "commit" in summary["provenance"] and summary["provenance"]["threads"] >= 1
     assert (tmp_path / "rank_hist_cavi.png").exists()
 
 

@@ -665,3 +665,20 @@ def test_a_model_nesting_more_plates_than_it_declares_is_refused():
         fit(TwoPlates(), data, "enum", num_steps=2)
     with pytest.raises(ValueError, match="max_plate_nesting = 2"):
         check_model(TwoPlates(), data)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda c: c - 5.0, r"within the support.*outside the likelihood's support"),
+        (lambda c: c + 0.5, r"within the support \(IntegerGreaterThan"),
+        (lambda c: c.half(), r"the data are torch.float16: use data.float\(\)"),
+    ],
+)
+def test_bad_training_data_is_blamed_on_the_data_not_the_model(bad, match):
+    """The model check scores the plain data before the vectorized draws, so data outside the
+    likelihood's support get the data's message, not advice on writing the model."""
+    counts = poisson_data(60)
+    with pytest.raises(ValueError, match=match) as info:
+        compare(poisson_mixture, bad(counts), bad(counts), ["enum"], num_steps=2, progress=False)
+    assert "batch-safe" not in str(info.value)

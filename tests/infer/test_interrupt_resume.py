@@ -89,6 +89,19 @@ def test_resume_refuses_a_run_made_with_other_options(tmp_path):
             resume=True,
             **OPTIONS,
         )
+    # another model size, covariance or precision is another run too
+    for model, train, test, site in (
+        (
+            BayesianGMM(3, 2),
+            data.train,
+            data.test,
+            r"site 'weights': float32 \(2,\) then, float32 \(3,\)",
+        ),
+        (BayesianGMM(2, 2, "diag"), data.train, data.test, "site 'precisions'"),
+        (BayesianGMM(2, 2), data.train.double(), data.test.double(), "float32 .* then, float64"),
+    ):
+        with pytest.raises(ValueError, match=f"cannot resume .*{site}"):
+            compare(model, train, test, METHODS, out=tmp_path, resume=True, **OPTIONS)
     with pytest.raises(ValueError, match="resume=True needs out="):
         compare(BayesianGMM(2, 2), data.train, data.test, METHODS, resume=True, **OPTIONS)
 
@@ -173,3 +186,25 @@ def test_the_cli_stops_cleanly_on_sigint(tmp_path):
     assert summary["state"] == "interrupted"
     assert [row["method"] for row in summary["results"]] == ["em"]
     assert not list(out.glob(".*.tmp")) and not (out / ".lock").exists()
+
+
+def test_a_folder_of_another_kind_of_run_is_refused_and_kept(tmp_path):
+    """A comparison never removes another program's results, nor writes into the root."""
+    data = load_gmm2d()
+    with RunFolder(tmp_path / "sla", kind="sla") as folder:
+        (tmp_path / "sla" / "sla_accuracy.png").write_bytes(b"png")
+        folder.record(tmp_path / "sla" / "sla_accuracy.png")
+        folder.write_summary({"study": "sla_depth"}, "finished")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "summary.json").write_text('{"made": "elsewhere"}')
+    for out, holds in (
+        (tmp_path / "sla", "the results of 'sla'"),
+        (foreign, "a summary.json of another program"),
+    ):
+        with pytest.raises(ValueError, match=f"holds {holds}, not of 'compare gmm'"):
+            compare(BayesianGMM(2, 2), data.train, data.test, ["em"], out=out, **OPTIONS)
+    assert (tmp_path / "sla" / "sla_accuracy.png").exists()
+    assert (foreign / "summary.json").read_text() == '{"made": "elsewhere"}'
+    with pytest.raises(ValueError, match="is the file-system root"):
+        compare(BayesianGMM(2, 2), data.train, data.test, ["em"], out="/", **OPTIONS)

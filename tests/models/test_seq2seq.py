@@ -94,7 +94,7 @@ def test_bad_batches_refused(device):
     real = batch.target_mask.clone()
     real[:, -1] = True
     assert not batch.target_mask[:, -1].all(), "the tiny batch needs a padded target"
-    with pytest.raises(ValueError, match="target_mask marks .* padding position"):
+    with pytest.raises(ValueError, match=r"target_mask marks .* padding position"):
         model.check_data(batch._replace(target_mask=real))
     with pytest.raises(ValueError, match="source_mask must be a boolean"):
         model.check_data(batch._replace(source_mask=batch.source_mask.long()))
@@ -240,5 +240,5 @@ def test_out_of_memory_of_the_enumerated_emission_names_the_chunk_option(device,
         raise RuntimeError("shape mismatch")
 
     monkeypatch.setattr(model, "emission_logits", broken)  # other errors pass through
-    with pytest.raises(RuntimeError, match="^shape mismatch"):
+    with pytest.raises(RuntimeError, match=r"^shape mismatch"):
         elbo.loss(enumerate_alignments(model.model), lambda batch: None, batch)

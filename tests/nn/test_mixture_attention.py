@@ -359,7 +359,7 @@ def test_degenerate_inputs_refused_not_zero_or_nan(device, latent, case, match):
 
 
 def test_minus_inf_prior_excludes_a_key(device):
-    q, k, v, log_prior = gaussian_inputs(device)
+    q, k, _, log_prior = gaussian_inputs(device)
     excluded = log_prior.clone()
     excluded[:, 0] = -torch.inf
     mask = torch.ones(TK, dtype=torch.bool, device=device)
