@@ -1,0 +1,462 @@
+"""The README's measured tables, generated from the result files committed in ``results/``.
+
+Each table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` in the README and
+ends with a line naming the files, the command that wrote them, the commit, torch, threads and
+the machine load (all read from the files' provenance). Over several seeds a cell is the mean
+± two standard errors.
+
+    python scripts/readme_tables.py            # check: exit 1 with a diff when README is stale
+    python scripts/readme_tables.py --write    # rewrite the tables in README.md
+    python scripts/readme_tables.py --print gmm
+
+To re-measure a table, run the command of its provenance line (one per seed), then ``--write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without an install
+    sys.path.insert(0, str(REPO))
+
+from pyro_attention.diagnostics.calibration import mean_and_error  # noqa: E402
+
+MINUS = "\u2212"
+
+
+# ----------------------------------------------------------------------------- formatting
+def number(value: float | None, digits: int = 3, *, thousands: bool = False) -> str:
+    """``value`` with ``digits`` decimals and a typographic minus; ``–`` for None/NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{value:,.{digits}f}" if thousands else f"{value:.{digits}f}"
+    return text.replace("-", MINUS)
+
+
+def mean_cell(values: Sequence[float | None], digits: int = 3, *, thousands: bool = False) -> str:
+    """``mean ± 2 SE`` over seeds (the mean alone for one seed); ``–`` when there is none."""
+    present = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not present:
+        return "–"
+    if len(present) == 1:
+        return number(present[0], digits, thousands=thousands)
+    mean, error = mean_and_error(present)
+    return (
+        f"{number(mean, digits, thousands=thousands)} ± "
+        f"{number(error, digits, thousands=thousands)}"
+    )
+
+
+def markdown(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run the command of its table to make it")
+    return json.loads(path.read_text())
+
+
+def seed_summaries(folder: Path, name: str = "summary.json") -> list[dict[str, Any]]:
+    """The ``summary.json`` of every ``seed-N`` subfolder of ``folder``, by seed."""
+    paths = sorted(folder.glob(f"seed-*/{name}"), key=lambda p: int(p.parent.name[5:]))
+    if not paths:
+        raise FileNotFoundError(f"no {folder}/seed-N/{name}; run the command of its table")
+    summaries = [read(p) for p in paths]
+    for path, summary in zip(paths, summaries, strict=True):
+        if summary.get("state", "finished") != "finished":
+            raise ValueError(f"{path} is from a run that did not finish ({summary['state']})")
+    return summaries
+
+
+def by_method(summaries: Sequence[dict[str, Any]], key: str = "results") -> dict[str, list]:
+    """``{method: [row of seed 0, row of seed 1, ...]}`` in the first summary's order."""
+    rows: dict[str, list] = {}
+    for summary in summaries:
+        for row in summary[key]:
+            rows.setdefault(row["method"], []).append(row)
+    return rows
+
+
+def provenance_line(files: str, provenances: Sequence[dict[str, Any]], note: str = "") -> str:
+    """One italic line: the files, the command, commit, torch, threads, load, date."""
+    commands = [p.get("command") or "" for p in provenances]
+    if isinstance(commands[0], list):  # an older file: the argv list
+        commands = [" ".join(c) for c in commands]
+    # a file written by ``python -m pyro_attention.cli``: the command a user types
+    commands = [re.sub(r"^\S*cli\.py\b", "pyro-attention", c) for c in commands]
+    commands = [re.sub(r"^\S*python\S*\s+", "python ", c) for c in commands]
+    seeds = [p.get("seed") for p in provenances]
+    command = commands[0]
+    seed_text = ""
+    if len(provenances) > 1:
+        command = re.sub(r"seed-\d+", "seed-S", re.sub(r"--seed \d+", "--seed S", command))
+        seed_text = f" for S = {', '.join(str(s) for s in seeds)}"
+    commits = sorted({(p.get("commit") or p.get("git_commit") or "?")[:7] for p in provenances})
+    torches = sorted({p.get("torch", "?") for p in provenances})
+    threads = sorted({str(p.get("threads", "?")) for p in provenances})
+    loads = [
+        (p.get("load_average") or p.get("loadavg_start") or [math.nan])[0] for p in provenances
+    ]
+    days = sorted({(p.get("time") or "")[:10] for p in provenances} - {""})
+    cpus = sorted({str(p.get("cpu_count")) for p in provenances if p.get("cpu_count")})
+    parts = [
+        f"`{files}` from `{command}`{seed_text}",
+        f"commit {', '.join(commits)}",
+        f"torch {', '.join(torches)}",
+        f"threads {'/'.join(threads)}",
+        f"load average {min(loads):.1f}"
+        + (f"–{max(loads):.1f}" if f"{max(loads):.1f}" != f"{min(loads):.1f}" else "")
+        + (f" on {'/'.join(cpus)} cores" if cpus else ""),
+    ]
+    if days:
+        parts.append(", ".join(days))
+    return "_" + "; ".join(parts) + (f". {note}" if note else ".") + "_"
+
+
+# ----------------------------------------------------------------------------- the tables
+GMM_LABELS = {
+    "em": "`em` (maximum likelihood)",
+    "nuts": "`nuts` (2 × 150 draws)",
+    "cavi": "`cavi` (closed form)",
+    "vi-enum": "`vi-enum`",
+    "enum": "`enum`",
+    "reinforce": "`reinforce` (decaying-average baseline)",
+    "rws": "`rws` (10 particles)",
+    "gumbel": "`gumbel` (straight-through, τ = 0.5, exact KL)",
+    "dirichlet": "`dirichlet` (relaxed model)",
+    "hard": "`hard` (z from the prior, Jensen bound)",
+}
+
+
+def gmm_table(results: Path) -> str:
+    summaries = seed_summaries(results / "gmm")
+    rows = by_method(summaries)
+    order = sorted(rows, key=lambda m: -sum(r["heldout_log_lik"] for r in rows[m]) / len(rows[m]))
+    body = []
+    for method in order:
+        seeds = rows[method]
+        objective = seeds[0]["objective"]
+        train = mean_cell([r.get("train_objective") for r in seeds])
+        if train != "–" and objective not in ("ELBO",):
+            train = f"{train} ({objective})"
+        body.append(
+            [
+                GMM_LABELS.get(method, f"`{method}`"),
+                mean_cell([r["heldout_log_lik"] for r in seeds]),
+                train,
+                mean_cell([r["seconds"] for r in seeds], 2 if seeds[0]["seconds"] > 0.1 else 3),
+                mean_cell([r.get("psis_khat") for r in seeds], 2),
+            ]
+        )
+    header = [
+        "method",
+        "held-out log-lik / point",
+        "training objective / point",
+        "seconds",
+        "PSIS k̂",
+    ]
+    line = provenance_line("results/gmm/seed-*/summary.json", [s["provenance"] for s in summaries])
+    return markdown(header, body) + "\n\n" + line
+
+
+ALIGNMENT_COLUMNS = (
+    ("ppl", "ppl", 3),
+    ("kmax_ppl", "K-max ppl", 3),
+    ("elbo_q", "ELBO_q", 3),
+    ("prior_entropy", "H", 3),
+    ("alignment_accuracy", "acc", 2),
+    ("tokens_per_second", "tok/s", 0),
+)
+ALIGNMENT_LABELS = {"rws": "rws (5 samples)", "gumbel": "gumbel (τ = 0.5)"}
+
+
+def alignment_table(results: Path, task: str) -> str:
+    summaries = seed_summaries(results / f"alignment-{task}")
+    rows = by_method(summaries)
+    body = [
+        [ALIGNMENT_LABELS.get(method, method)]
+        + [
+            mean_cell([r.get(key) for r in seeds], digits, thousands=key == "tokens_per_second")
+            for key, _, digits in ALIGNMENT_COLUMNS
+        ]
+        for method, seeds in rows.items()
+    ]
+    header = ["method", *(name for _, name, _ in ALIGNMENT_COLUMNS)]
+    line = provenance_line(
+        f"results/alignment-{task}/seed-*/summary.json", [s["provenance"] for s in summaries]
+    )
+    return markdown(header, body) + "\n\n" + line
+
+
+def parameters(row: dict[str, Any]) -> str:
+    """A lookup row's parameter count; the neighbours' is the training set itself."""
+    count = row.get("parameters")
+    if count is None:
+        return "–"
+    return f"{count:,} (the training set)" if row["kind"] == "nearest-neighbour" else f"{count:,}"
+
+
+def digits_tables(results: Path) -> tuple[str, str]:
+    """The mixture comparison (held-out log-likelihood per image) and the lookup table."""
+    summaries = seed_summaries(results / "digits")
+    rows = by_method(summaries)
+    order = sorted(rows, key=lambda m: -sum(r["heldout_log_lik"] for r in rows[m]) / len(rows[m]))
+    mixture = markdown(
+        ["method", "held-out log-lik / image", "training objective / image", "seconds"],
+        [
+            [
+                f"`{method}`",
+                mean_cell([r["heldout_log_lik"] for r in rows[method]], 2),
+                mean_cell([r.get("train_objective") for r in rows[method]], 2),
+                mean_cell([r["seconds"] for r in rows[method]], 2),
+            ]
+            for method in order
+        ],
+    )
+    lookups = [s["lookup"] for s in summaries]
+    cells: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for lookup in lookups:
+        for row in lookup["results"]:
+            cells.setdefault(row["method"], {}).setdefault(row["scheme"], []).append(row)
+    schemes = list(dict.fromkeys(r["scheme"] for r in lookups[0]["results"]))
+    body = []
+    first = schemes[0]
+    ordered = sorted(
+        cells.items(),
+        key=lambda item: sum(r["pixel_nll"] for r in item[1][first]) / len(item[1][first]),
+    )
+    for method, per_scheme in ordered:
+        body.append(
+            [method]
+            + [
+                f"{mean_cell([r['pixel_nll'] for r in per_scheme[s]])} / "
+                f"{mean_cell([r['pixel_accuracy'] for r in per_scheme[s]])}"
+                for s in schemes
+            ]
+            + [parameters(per_scheme[schemes[0]][0])]
+        )
+    names = {"top-half": "top half observed", "random": "random half observed"}
+    lookup = markdown(["method", *(names.get(s, s) for s in schemes), "parameters"], body)
+    line = provenance_line(
+        "results/digits/seed-*/summary.json", [s["provenance"] for s in summaries]
+    )
+    return mixture + "\n\n" + line, lookup + "\n\n" + line
+
+
+def sla_table(results: Path) -> str:
+    summary = read(results / "sla" / "summary.json")
+    rows = summary["rows"]
+    depths = sorted({r["depth"] for r in rows})
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    runs = summary["runs"]
+    body = []
+    for key, name, digits in (
+        ("accuracy", "accuracy", 2),
+        ("grad_norm_first_init", "first-layer grad. norm at init", 3),
+    ):
+        for variant in variants:
+            body.append(
+                [f"{variant}: {name}"]
+                + [
+                    mean_cell(
+                        [r[key] for r in runs if r["variant"] == variant and r["depth"] == depth],
+                        digits,
+                    )
+                    for depth in depths
+                ]
+            )
+    seeds = summary["settings"]["seeds"]
+    note = f"Seeds {', '.join(map(str, seeds))} per cell, mean ± 2 SE"
+    line = provenance_line("results/sla/summary.json", [summary["provenance"]], note)
+    return markdown(["depth", *map(str, depths)], body) + "\n\n" + line
+
+
+SGPA_COLUMNS = {
+    "digits": (
+        ("accuracy", "acc"),
+        ("nll", "NLL"),
+        ("brier", "Brier"),
+        ("ece", "ECE"),
+        ("mce", "MCE"),
+        ("ece_all", "ECE all"),
+        ("ood_auroc_rotated", "AUROC rotated"),
+        ("ood_auroc_noise", "AUROC noise"),
+        ("ood_auroc_heldout", "AUROC held-out 8, 9"),
+        ("rotated_accuracy", "acc rotated"),
+        ("seconds", "s"),
+    ),
+    "sequence": (
+        ("accuracy", "acc"),
+        ("nll", "NLL"),
+        ("ece", "ECE"),
+        ("ece_all", "ECE all"),
+        ("true_kl", "KL(p*‖p̂)"),
+        ("true_abs_error", "\\|p̂ − p*\\|"),
+        ("heldout_words_true_kl", "KL held-out words"),
+        ("longer_true_kl", "KL longer"),
+        ("ood_auroc_heldout_words", "AUROC held-out words"),
+        ("ood_auroc_longer", "AUROC longer"),
+        ("seconds", "s"),
+    ),
+}
+
+
+def sgpa_bayes_row(summary: dict[str, Any]) -> dict[str, list[float]]:
+    """The Bayes posterior's own metrics on each seed's generated test set (sequence task)."""
+    from pyro_attention.diagnostics.calibration import classification_metrics
+    from pyro_attention.experiments.compare_sgpa import SGPASettings, make_task
+
+    options = dict(summary["settings"])
+    options["heldout_classes"] = tuple(options.get("heldout_classes", ()))
+    settings = SGPASettings(**options)
+    per_seed: dict[str, list[float]] = {"true_kl": [], "true_abs_error": []}
+    for seed in summary["seeds"]:
+        test = make_task("sequence", seed, settings).test
+        for key, value in classification_metrics(test.true_probs, test.labels).items():
+            per_seed.setdefault(key, []).append(value)
+        per_seed["true_kl"].append(0.0)
+        per_seed["true_abs_error"].append(0.0)
+    return per_seed
+
+
+def sgpa_table(results: Path, task: str) -> str:
+    summary = read(results / f"sgpa-{task}" / "summary.json")
+    columns = SGPA_COLUMNS[task]
+    per_method = by_method([summary])
+    body = []
+    for method, seeds in per_method.items():
+        body.append(
+            [method]
+            + [
+                mean_cell([r.get(key) for r in seeds], 0 if key == "seconds" else 3)
+                for key, _ in columns
+            ]
+        )
+    if task == "sequence":
+        bayes = sgpa_bayes_row(summary)
+        body.append(["Bayes p*"] + [mean_cell(bayes.get(key, []), 3) for key, _ in columns])
+    failed = [f"{r['method']} seed {r['seed']}: {r['status']}" for r in summary["results"]]
+    failed = [f for f, r in zip(failed, summary["results"], strict=True) if r["status"] != "ok"]
+    note = ("Not ok: " + "; ".join(failed)) if failed else ""
+    line = provenance_line(
+        f"results/sgpa-{task}/summary.json",
+        [summary["provenance"]],
+        note,
+    )
+    return markdown(["method", *(name for _, name in columns)], body) + "\n\n" + line
+
+
+def sbc_table(results: Path) -> str:
+    summary = read(results / "sbc-gmm" / "sbc.json")
+    statistics = summary["statistics"]
+    body = []
+    for method, entry in summary["methods"].items():
+        stats = entry["statistics"]
+        worst = min(statistics, key=lambda s: stats[s]["p_value"])
+        failing = [s for s in statistics if stats[s]["p_value"] < entry["threshold"]]
+        body.append(
+            [
+                f"`{method}`",
+                str(entry["replications"]),
+                f"{entry['draws']} / {entry['bins']}",
+                f"{stats[worst]['p_value']:.2g} ({worst})",
+                ", ".join(failing) if failing else "none",
+                "**passes**" if entry["passed"] else "fails",
+            ]
+        )
+    header = [
+        "method",
+        "replications",
+        "draws / bins",
+        "smallest p (statistic)",
+        "statistics below the threshold",
+        "verdict",
+    ]
+    model = summary["model"]
+    threshold = next(iter(summary["methods"].values()))["threshold"]
+    note = (
+        f"K = {model['components']}, D = {model['dim']}, N = {model['points']}, "
+        f"{model['covariance_type']} covariance; χ² test per statistic at "
+        f"{threshold:.2g} (0.01 / {len(statistics)})"
+    )
+    line = provenance_line("results/sbc-gmm/sbc.json", [summary["provenance"]], note)
+    return markdown(header, body) + "\n\n" + line
+
+
+def tables(results: Path) -> dict[str, Callable[[], str]]:
+    """Every generated table by its marker name (built lazily: some read a lot)."""
+    return {
+        "gmm": lambda: gmm_table(results),
+        "alignment-dates": lambda: alignment_table(results, "dates"),
+        "alignment-translation": lambda: alignment_table(results, "translation"),
+        "digits-mixture": lambda: digits_tables(results)[0],
+        "digits-lookup": lambda: digits_tables(results)[1],
+        "sla": lambda: sla_table(results),
+        "sgpa-digits": lambda: sgpa_table(results, "digits"),
+        "sgpa-sequence": lambda: sgpa_table(results, "sequence"),
+        "sbc": lambda: sbc_table(results),
+    }
+
+
+# ----------------------------------------------------------------------------- the README
+MARKER = re.compile(
+    r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S
+)
+
+
+def render(readme: str, results: Path) -> str:
+    """``readme`` with every marked table regenerated from ``results``."""
+    makers = tables(results)
+    names = [m["name"] for m in MARKER.finditer(readme)]
+    unknown = sorted(set(names) - set(makers))
+    if unknown:
+        raise ValueError(f"README marks unknown tables {unknown}; known: {sorted(makers)}")
+
+    def replace(match: re.Match[str]) -> str:
+        return f"{match[1]}{makers[match['name']]()}\n{match[4]}"
+
+    return MARKER.sub(replace, readme)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--results", type=Path, default=REPO / "results")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--write", action="store_true", help="rewrite the tables in the README")
+    action.add_argument("--print", metavar="TABLE", help="print one table")
+    args = parser.parse_args(argv)
+    if args.print:
+        print(tables(args.results)[args.print]())
+        return 0
+    before = args.readme.read_text()
+    after = render(before, args.results)
+    if args.write:
+        args.readme.write_text(after)
+        print(f"wrote {len(MARKER.findall(after))} tables to {args.readme}")
+        return 0
+    if before != after:
+        diff = difflib.unified_diff(
+            before.splitlines(), after.splitlines(), "README.md", "from results/", lineterm=""
+        )
+        print("\n".join(diff))
+        print("\nthe README's tables differ from results/: python scripts/readme_tables.py --write")
+        return 1
+    print("the README's tables match results/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
