@@ -18,12 +18,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import arviz_stats
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import MCMC, SVI
 from pyro.infer import NUTS as _PyroNUTS
-from pyro.ops.stats import effective_sample_size, split_gelman_rubin
+from pyro.ops.stats import split_gelman_rubin
 from pyro.optim import ClippedAdam, PyroOptim
 from tqdm import tqdm
 
@@ -601,7 +603,8 @@ def nuts_fit(
 
 
 def mcmc_diagnostics(chains: dict[str, torch.Tensor], diverging: torch.Tensor) -> dict[str, Any]:
-    """Worst split R-hat and bulk ESS over every element of every site, and the divergences.
+    """Worst split R-hat (Pyro's) and bulk ESS (ArviZ's, rank-normalised) over every element
+    of every site, and the divergences.
 
     :param chains: ``{site: (chains, draws, ...)}``; :param diverging: ``(chains, draws)``.
     R-hat needs two chains or more (NaN with one); the ESS is at least 0.
@@ -613,9 +616,9 @@ def mcmc_diagnostics(chains: dict[str, torch.Tensor], diverging: torch.Tensor) -
             continue
         if flat.shape[0] > 1 and flat.shape[1] > 3:
             rhats.append(split_gelman_rubin(flat, chain_dim=0, sample_dim=1).nan_to_num(1.0).max())
-        # the autocorrelation estimate can turn the ESS of a few draws negative: none is 0
-        ess = effective_sample_size(flat, chain_dim=0, sample_dim=1).nan_to_num(0.0)
-        esses.append(ess.clamp(min=0.0).min())
+        # ArviZ's rank-normalised bulk ESS (Vehtari et al. 2021); undefined (too few draws) is 0
+        ess = arviz_stats.ess(flat.cpu().numpy(), method="bulk")
+        esses.append(torch.as_tensor(np.nan_to_num(ess, nan=0.0)).clamp(min=0.0).min())
     return {
         "max_rhat": float(torch.stack(rhats).max()) if rhats else math.nan,
         "min_ess": float(torch.stack(esses).min()) if esses else math.nan,
