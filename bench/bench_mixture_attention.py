@@ -1,11 +1,12 @@
 """``MixtureAttention``'s soft path against ``torch.nn.functional.scaled_dot_product_attention``.
 
 The Gaussian mixture reading of attention adds a per-key bias (``-|k|^2 / 2σ² + log π``) and
-input checks to plain scaled dot-product attention, then calls the same kernel. This script times
-both on the same shapes (forward, and forward + backward) and reports the ratio; the reference is
-``scaled_dot_product_attention`` with no mask, measured in the same run (the outputs differ by
-the key biases by design; that the mixture equals SDPA *with* those biases is tested in
-``tests/nn/test_mixture_attention.py``).
+input checks to plain scaled dot-product attention, then calls the same kernel (when no logit
+can overflow; otherwise it computes the responsibilities explicitly, in float64 if need be).
+This script times both on the same shapes (forward, and forward + backward) and reports the
+ratio; the reference is ``scaled_dot_product_attention`` with no mask, measured in the same run
+(the outputs differ by the key biases by design; that the mixture equals SDPA *with* those
+biases is tested in ``tests/nn/test_mixture_attention.py``).
 
     python bench/bench_mixture_attention.py --threads 1 --out runs/bench/mixture_attention.json
 """

@@ -18,6 +18,7 @@ stacked-attention depth study::
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import math
@@ -367,9 +368,8 @@ COUNT_OPTIONS = frozenset(
     | {"emission_chunk_size", "knn", "d_model", "heads", "layers", "inducing"}
     | {"ensemble_size", "hops", "items", "key_dim", "threads"}
 )
-#: counts whose least value is not 1, and why
-MINIMUMS = {"nuts_samples": 4}
-MINIMUMS_WHY = {"nuts_samples": "split R-hat and the ESS need 4 draws per chain"}
+#: counts whose least value is not 1: (least value, why)
+MINIMUMS = {"nuts_samples": (4, "split R-hat and the ESS need 4 draws per chain")}
 #: integer options where 0 is meaningful
 NON_NEGATIVE_OPTIONS = frozenset({"nuts_warmup", "transformer_steps"})
 #: real options that must be finite and positive
@@ -390,11 +390,10 @@ def check_options(args: argparse.Namespace) -> None:
         if value is None or isinstance(value, bool):
             continue
         flag = _flag(dest)
-        if dest in COUNT_OPTIONS and value < MINIMUMS.get(dest, 1):
-            why = f" ({MINIMUMS_WHY[dest]})" if dest in MINIMUMS_WHY else ""
-            raise ValueError(
-                f"{flag} must be an integer >= {MINIMUMS.get(dest, 1)}{why}, got {value}"
-            )
+        least, why = MINIMUMS.get(dest, (1, ""))
+        if dest in COUNT_OPTIONS and value < least:
+            why = f" ({why})" if why else ""
+            raise ValueError(f"{flag} must be an integer >= {least}{why}, got {value}")
         if dest in NON_NEGATIVE_OPTIONS and value < 0:
             raise ValueError(f"{flag} must be an integer >= 0, got {value}")
         if dest in POSITIVE_OPTIONS and not 0 < value < math.inf:
@@ -408,10 +407,15 @@ def check_options(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be an integer in [0, 2**32 - 1], got {value}")
 
 
+@functools.cache
+def _defaults(command: str, model: str) -> dict[str, Any]:
+    """Every option's default for ``pyro-attention compare <model>``."""
+    return vars(_parser().parse_args([command, model]))
+
+
 def _given(args: argparse.Namespace, dest: str) -> bool:
     """Whether option ``dest`` differs from its default (was given on the command line)."""
-    defaults = vars(_parser().parse_args([args.command, args.model]))
-    return bool(getattr(args, dest) != defaults.get(dest))
+    return bool(getattr(args, dest) != _defaults(args.command, args.model).get(dest))
 
 
 def _refuse_foreign_options(args: argparse.Namespace) -> None:
@@ -675,8 +679,6 @@ def _compare_sgpa(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-attention`` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "compare" and args.threads is not None and args.threads >= 1:
-        torch.set_num_threads(args.threads)
     if args.command == "compare" and args.model == "alignment" and args.task is None:
         args.task = "dates"
     if args.command == "compare" and args.out is None:
@@ -684,6 +686,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out = f"runs/{folder.get(args.model, args.model)}"
     try:
         check_options(args)
+        if args.command == "compare" and args.threads is not None:
+            torch.set_num_threads(args.threads)
         if args.command == "compare":  # checked first: an unwritable folder loses every result
             _refuse_foreign_options(args)
             check_output_folder(args.out, "--out")

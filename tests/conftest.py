@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+from pathlib import Path
 from types import ModuleType
 
 import pyro
@@ -33,6 +35,16 @@ def require(module_name: str) -> ModuleType:
         if os.environ.get(ALLOW_MISSING_DEV) == "1":
             pytest.skip(f"{message} ({ALLOW_MISSING_DEV}=1)", allow_module_level=True)
         pytest.fail(f"{message} (or set {ALLOW_MISSING_DEV}=1 to skip)", pytrace=False)
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

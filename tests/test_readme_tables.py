@@ -4,28 +4,18 @@ regenerating the README, fails here."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "readme_tables", ROOT / "scripts" / "readme_tables.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_readme_tables_match_the_result_files():
-    script = _script()
+    script = load_script("readme_tables")
     readme = (ROOT / "README.md").read_text()
     assert script.render(readme, ROOT / "results") == readme, (
         "the README's tables differ from results/; python scripts/readme_tables.py shows the "
@@ -34,14 +24,14 @@ def test_readme_tables_match_the_result_files():
 
 
 def test_every_table_is_in_the_readme():
-    script = _script()
+    script = load_script("readme_tables")
     readme = (ROOT / "README.md").read_text()
     marked = [m["name"] for m in script.MARKER.finditer(readme)]
     assert sorted(marked) == sorted(script.tables(ROOT / "results"))
 
 
 def test_a_changed_result_or_table_is_caught(tmp_path):
-    script = _script()
+    script = load_script("readme_tables")
     shutil.copytree(ROOT / "results" / "gmm", tmp_path / "gmm")
     readme = "intro\n<!-- table:gmm -->\nold\n<!-- /table:gmm -->\nend\n"
     rendered = script.render(readme, tmp_path)
@@ -61,7 +51,7 @@ def test_a_changed_result_or_table_is_caught(tmp_path):
 
 
 def test_check_mode_exits_1_on_a_stale_readme(tmp_path, capsys):
-    script = _script()
+    script = load_script("readme_tables")
     readme = tmp_path / "README.md"
     shutil.copytree(ROOT / "results" / "gmm", tmp_path / "results" / "gmm")
     readme.write_text("<!-- table:gmm -->\nstale\n<!-- /table:gmm -->\n")

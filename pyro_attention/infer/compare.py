@@ -323,7 +323,6 @@ def compare(
         )
     structure = check_model(model_obj, train)
     trace_model(model_obj, test, log_prob=True)  # the held-out data must fit the model too
-    sites = _site_shapes(model_obj, train)
     if methods is None:  # every applicable method, those that can use the options given
         names: list[str | InferenceMethod] = [
             name
@@ -351,7 +350,9 @@ def compare(
             for phase, _ in method.phases(num_steps):
                 phase.check(structure, subsample_size=subsample_size)
     device = str(train.device) if isinstance(train, torch.Tensor) else "cpu"
-    comparison = Comparison(model_obj.name, dataset, device, seed, rows=[], sites=sites)
+    comparison = Comparison(
+        model_obj.name, dataset, device, seed, rows=[], sites=dict(structure.site_shapes)
+    )
     comparison.settings = {
         "num_steps": num_steps,
         "lr": lr,
@@ -448,16 +449,6 @@ CHECKPOINT_EVERY = 100
 
 def _checkpoint_path(folder: RunFolder, method: str) -> Path:
     return folder.path / f".checkpoint-{method}.pt"
-
-
-def _site_shapes(model_obj: AlignmentModel, data: Any) -> dict[str, str]:
-    """``{site: "dtype shape"}`` of every sample site of one run of the model on ``data``."""
-    trace = trace_model(model_obj, data)
-    return {
-        name: f"{str(site['value'].dtype).removeprefix('torch.')} {tuple(site['value'].shape)}"
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and isinstance(site["value"], torch.Tensor)
-    }
 
 
 def _finished_rows(

@@ -607,7 +607,7 @@ def mcmc_diagnostics(chains: dict[str, torch.Tensor], diverging: torch.Tensor) -
     of every site, and the divergences.
 
     :param chains: ``{site: (chains, draws, ...)}``; :param diverging: ``(chains, draws)``.
-    R-hat needs two chains or more (NaN with one); the ESS is at least 0.
+    R-hat needs two chains or more (NaN with one); an ESS too few draws leave undefined is 0.
     """
     rhats, esses = [], []
     for value in chains.values():
@@ -618,10 +618,10 @@ def mcmc_diagnostics(chains: dict[str, torch.Tensor], diverging: torch.Tensor) -
             rhats.append(split_gelman_rubin(flat, chain_dim=0, sample_dim=1).nan_to_num(1.0).max())
         # ArviZ's rank-normalised bulk ESS (Vehtari et al. 2021); undefined (too few draws) is 0
         ess = arviz_stats.ess(flat.cpu().numpy(), method="bulk")
-        esses.append(torch.as_tensor(np.nan_to_num(ess, nan=0.0)).clamp(min=0.0).min())
+        esses.append(float(np.nan_to_num(ess, nan=0.0).min()))
     return {
         "max_rhat": float(torch.stack(rhats).max()) if rhats else math.nan,
-        "min_ess": float(torch.stack(esses).min()) if esses else math.nan,
+        "min_ess": min(esses) if esses else math.nan,
         "divergences": int(diverging.sum()),
     }
 

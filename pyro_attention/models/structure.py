@@ -40,6 +40,8 @@ class ModelStructure:
     :ivar has_encoder: the model amortizes its local guides (mini-batches from ``batches=``).
     :ivar accepts_subsample_size: ``model(data, subsample_size=...)`` works (mini-batches).
     :ivar max_plate_nesting: plates nested in the deepest site.
+    :ivar site_shapes: ``{site: "dtype shape"}`` of every sample site, observed ones included,
+        e.g. ``{"weights": "float32 (4,)"}``: the model's size and precision on this data.
     """
 
     model: str
@@ -52,6 +54,7 @@ class ModelStructure:
     has_encoder: bool
     accepts_subsample_size: bool
     max_plate_nesting: int
+    site_shapes: tuple[tuple[str, str], ...] = ()
 
 
 def trace_model(model_obj: AlignmentModel, data: Any, *, log_prob: bool = False) -> poutine.Trace:
@@ -100,7 +103,11 @@ def inspect_model(model_obj: AlignmentModel | Callable[..., Any], data: Any) -> 
     model_obj = as_model(model_obj)
     trace = trace_model(model_obj, data)
     alignments, discrete, globals_, locals_, params = [], [], [], [], []
+    shapes = []
     for name, site in trace.nodes.items():
+        if site["type"] == "sample" and isinstance(site["value"], torch.Tensor):
+            dtype = str(site["value"].dtype).removeprefix("torch.")
+            shapes.append((name, f"{dtype} {tuple(site['value'].shape)}"))
         if site["type"] == "param":
             params.append(name)
             continue
@@ -127,6 +134,7 @@ def inspect_model(model_obj: AlignmentModel | Callable[..., Any], data: Any) -> 
         has_encoder=model_obj.encoder is not None,
         accepts_subsample_size=model_obj.accepts_subsample_size(),
         max_plate_nesting=plate_nesting(trace),
+        site_shapes=tuple(shapes),
     )
 
 

@@ -13,9 +13,11 @@ For a query ``q`` and keys ``k_1..k_K`` with log prior :math:`\\log\\pi_k`, Baye
   ``m``: :math:`\\log p(k \\mid x) = (m\\odot x)\\cdot\\ell_k - m\\cdot
   \\mathrm{softplus}(\\ell_k) + \\log\\pi_k + c(x)`, a dot product plus a bias (scale 1).
 
-The responsibilities are computed in float32 at least, and in float64 when a logit would
-overflow (a tiny ``sigma``), so low-precision inputs and extreme scales give the right weights
-or a ValueError, never a silent NaN or zero; the output is cast back to the inputs' dtype.
+The soft output is one :func:`torch.nn.functional.scaled_dot_product_attention` call with the
+biases as an additive float mask, in float32 at least, when no logit can overflow; otherwise the
+responsibilities are computed explicitly, in float64 if need be, so low-precision inputs and
+extreme scales give the right weights or a ValueError, never a silent NaN or zero; the output is
+cast back to the inputs' dtype.
 With ``latent=True`` the choice of key is an :func:`~pyro_attention.alignment.alignment` site
 instead, so every inference method of the
 package applies (``soft()`` gives back the soft output, enumeration sums over the keys).
@@ -114,7 +116,8 @@ def dot_product_attention(
 class _Heads(NamedTuple):
     """Checked inputs split into heads: ``q (..., H, Tq, d)``, ``k (..., H, Tk, d)``, ``v``,
     the observed mask like ``q`` (or None), the log prior ``(..., 1, 1, Tk)`` with ``-inf``
-    moved into the key mask ``(..., 1, 1, Tk)`` (or None)."""
+    moved into the key mask ``(..., 1, 1, Tk)`` (or None), and the largest ``|q|`` and ``|k|``
+    entries."""
 
     q: torch.Tensor
     k: torch.Tensor
@@ -122,6 +125,8 @@ class _Heads(NamedTuple):
     observed: torch.Tensor | None
     log_prior: torch.Tensor | None
     key_mask: torch.Tensor | None
+    query_peak: float
+    key_peak: float
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -235,10 +240,14 @@ class MixtureAttention(nn.Module):
             m = observed.to(query.dtype).expand_as(query)
             # unobserved entries are ignored, whatever they hold (even NaN)
             query = torch.where(m > 0, query, torch.zeros((), dtype=query.dtype))
+        peaks = []  # max |x|: NaN or inf exactly when x holds one (aminmax: one fast pass)
         for arg, x in (("query", query), ("key", key), ("value", value)):
-            if not torch.isfinite(x).all():
+            low, high = torch.aminmax(x.detach()) if x.numel() else (x.new_zeros(()),) * 2
+            peak = float(torch.maximum(-low, high))  # propagates NaN
+            if not math.isfinite(peak):
                 where = " where observed" if arg == "query" and m is not None else ""
                 raise ValueError(f"{arg} contains NaN or inf{where}; attention needs finite inputs")
+            peaks.append(peak)
 
         if self.kind == "bernoulli" and not ((query == 0) | (query == 1)).all():
             raise ValueError(
@@ -288,7 +297,25 @@ class MixtureAttention(nn.Module):
                 f"expected at most {tuple(q.shape[:-3])}"
             )
         mh = None if m is None else _split_heads(m, H)
-        return _Heads(q, k, v, mh, log_prior, key_mask)
+        return _Heads(q, k, v, mh, log_prior, key_mask, peaks[0], peaks[1])
+
+    def _scale_and_bias(self, heads: _Heads, dtype: torch.dtype) -> tuple[float, torch.Tensor]:
+        """The logits are ``scale * q @ k.T + bias``: the scale and the per-key bias
+        ``(..., H, Tq|1, Tk)`` (key norms or softplus sums, and the log prior) in ``dtype``;
+        masked keys are not marked here."""
+        k = heads.k.to(dtype)
+        m = None if heads.observed is None else heads.observed.to(dtype)
+        if self.kind == "gaussian":
+            scale = (1.0 / self.sigma) ** 2
+            sq = k.square()
+            bias = -0.5 * scale * (sq.sum(-1).unsqueeze(-2) if m is None else m @ sq.mT)
+        else:
+            scale = 1.0
+            sp = F.softplus(k)
+            bias = -(sp.sum(-1).unsqueeze(-2) if m is None else m @ sp.mT)
+        if heads.log_prior is not None:
+            bias = bias + heads.log_prior.to(dtype)
+        return scale, bias
 
     def _log_responsibilities(self, heads: _Heads) -> torch.Tensor:
         """:math:`\\log p(k \\mid q)`, normalised, ``(..., H, Tq, Tk)``; masked keys ``-inf``.
@@ -299,18 +326,8 @@ class MixtureAttention(nn.Module):
         """
         first = torch.promote_types(heads.q.dtype, torch.float32)
         for dtype in dict.fromkeys((first, torch.float64)):
-            q, k = heads.q.to(dtype), heads.k.to(dtype)
-            m = None if heads.observed is None else heads.observed.to(dtype)
-            if self.kind == "gaussian":
-                scale = (1.0 / self.sigma) ** 2
-                sq = k.square()
-                norms = sq.sum(-1).unsqueeze(-2) if m is None else m @ sq.mT
-                logits = scale * (q @ k.mT) - (0.5 * scale) * norms
-            else:
-                sp = F.softplus(k)
-                logits = q @ k.mT - (sp.sum(-1).unsqueeze(-2) if m is None else m @ sp.mT)
-            if heads.log_prior is not None:
-                logits = logits + heads.log_prior.to(dtype)
+            scale, bias = self._scale_and_bias(heads, dtype)
+            logits = scale * (heads.q.to(dtype) @ heads.k.to(dtype).mT) + bias
             finite = torch.isfinite(logits)
             if heads.key_mask is not None:
                 logits = logits.masked_fill(~heads.key_mask, -math.inf)
@@ -323,6 +340,30 @@ class MixtureAttention(nn.Module):
             + "); rescale the queries and keys"
             + (" or use a larger sigma" if self.kind == "gaussian" else "")
         )
+
+    def _soft_output(self, heads: _Heads) -> torch.Tensor:
+        """:math:`\\sum_k p(k \\mid q)\\, v_k`, ``(..., H, Tq, dv)`` in the inputs' dtype.
+
+        When no logit can overflow (``|scale * q·k| <= scale * d * max|q| * max|k|`` and the
+        bias far below the float maximum) this is one fused
+        :func:`torch.nn.functional.scaled_dot_product_attention` call with the bias as a float
+        mask, in float32 at least; otherwise the safe path of :meth:`_log_responsibilities`.
+        """
+        out_dtype = torch.result_type(heads.q, heads.v)
+        dtype = torch.promote_types(out_dtype, torch.float32)
+        q, k, v = (x.to(dtype) for x in (heads.q, heads.k, heads.v))
+        scale, bias = self._scale_and_bias(heads, dtype)
+        largest = torch.finfo(dtype).max / 16
+        bound = scale * q.shape[-1] * heads.query_peak * heads.key_peak  # >= |scale * q·k|
+        if bound < largest and float(bias.detach().abs().amax()) < largest:  # NaN fails too
+            bias = bias.expand(*q.shape[:-1], k.shape[-2])
+            if heads.key_mask is not None:
+                bias = bias.masked_fill(~heads.key_mask, torch.finfo(dtype).min / 4)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        else:
+            weights = self._log_responsibilities(heads).exp()
+            out = weights @ heads.v.to(weights.dtype)
+        return out.to(out_dtype)
 
     def _head_logits(
         self,
@@ -415,9 +456,7 @@ class MixtureAttention(nn.Module):
         """
         if not self.latent:
             heads = self._prepare(query, key, value, log_prior, key_mask, observed)
-            weights = self._log_responsibilities(heads).exp()
-            out = (weights @ heads.v.to(weights.dtype)).to(torch.result_type(heads.q, heads.v))
-            return _merge_heads(out)
+            return _merge_heads(self._soft_output(heads))
         logits, v, mask = self._head_logits(query, key, value, log_prior, key_mask, observed)
         mask = None if mask is None else mask[..., 0, :, :]  # (..., 1, Tk)
         outs = []

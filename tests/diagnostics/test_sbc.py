@@ -6,14 +6,12 @@ The exact conjugate toy is a Normal mean with known variance: prior :math:`\\mu 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import require
+from conftest import load_script, require
 from pyro import poutine
 
 from pyro_attention.diagnostics.sbc import (
@@ -35,7 +33,6 @@ from pyro_attention.models import BayesianGMM
 from pyro_attention.models.gmm_conjugate import GMMPrior
 
 N_OBS = 10
-REPO = Path(__file__).resolve().parents[2]
 
 
 def simulate(seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -342,16 +339,8 @@ def test_cavi_prior_is_the_pyro_models_prior(covariance_type):
     assert gaps[0] == pytest.approx(fit.elbo_trace[-1], abs=1e-8)
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("sbc_gmm", REPO / "scripts" / "sbc_gmm.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_script_checks_options_before_work(tmp_path, capsys):
-    script = _load_script()
+    script = load_script("sbc_gmm")
     bad = [
         ["--replications", "0"],
         ["--methods", "cavi,magic"],
@@ -372,7 +361,7 @@ def test_script_checks_options_before_work(tmp_path, capsys):
 
 
 def test_script_runs_cavi_and_writes_its_files(tmp_path):
-    script = _load_script()
+    script = load_script("sbc_gmm")
     script.main(["--methods", "cavi,overconfident-cavi", "--replications", "4", "--draws", "9",
                  "--out", str(tmp_path), "--no-progress"])  # fmt: skip
     import json
@@ -393,7 +382,7 @@ def test_gmm_cavi_and_overconfident_control():
     from pyro_attention.infer import fit
     from pyro_attention.infer.methods import CAVI
 
-    script = _load_script()
+    script = load_script("sbc_gmm")
     gmm = BayesianGMM(2, 1, covariance_type="diag", prior=script.make_prior(1))
     sim = prior_simulator(
         gmm.model, torch.zeros(40, 1, dtype=torch.float64), sites=script.GLOBALS, observed="obs"
@@ -420,7 +409,7 @@ def test_gmm_cavi_and_overconfident_control():
 @pytest.mark.slow
 def test_gmm_enum_and_nuts_are_calibrated(tmp_path):
     """The script's own runs of enum and nuts, at fewer replications than the README's."""
-    script = _load_script()
+    script = load_script("sbc_gmm")
     script.main(
         ["--methods", "enum,nuts", "--replications", "24", "--draws", "19"]
         + ["--out", str(tmp_path), "--seed", "1"]
