@@ -45,6 +45,28 @@ def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device)
     return statistics.median(times)
 
 
+def interleaved_median_seconds(
+    fns: list[Callable[[], object]], repeats: int, device: torch.device
+) -> list[float]:
+    """Median wall time of each of ``fns`` over ``repeats`` rounds, one call of each per round
+    (the order rotating), so that a load that comes and goes hits them alike; two warm-up
+    rounds first."""
+    for _ in range(2):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(repeats):
+        for i in [(r + j) % len(fns) for j in range(len(fns))]:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fns[i]()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def save_figures(figures: dict, path: str | None) -> dict:
     """Write ``figures`` as JSON to ``path`` (if given) and return them."""
     if path:

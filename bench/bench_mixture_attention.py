@@ -17,7 +17,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from _common import environment, median_seconds, save_figures
+from _common import environment, interleaved_median_seconds, print_machine, save_figures
 
 from pyro_attention.nn import MixtureAttention
 
@@ -55,8 +55,8 @@ def measure(batch, heads, tq, tk, dim, sigma, repeats, device) -> dict:
         return run
 
     with torch.no_grad():
-        fwd = [median_seconds(f, repeats, device) for f in (sdpa, mixture)]
-    both = [median_seconds(backward(f), repeats, device) for f in (sdpa, mixture)]
+        fwd = interleaved_median_seconds([sdpa, mixture], repeats, device)
+    both = interleaved_median_seconds([backward(sdpa), backward(mixture)], repeats, device)
     return {
         "shape": [batch, heads, tq, tk, dim],
         "sdpa_forward_s": fwd[0],
@@ -79,6 +79,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sigma = 8.0  # 1/σ² = 1/64: the usual 1/√D scale would be σ = D^(1/4)
+    load = print_machine()
     rows = []
     print(
         f"{'B x H x Tq x Tk x D':>22s} {'sdpa fwd ms':>12s} {'mixture fwd':>12s} {'ratio':>6s} "
@@ -94,7 +95,9 @@ def main() -> None:
             f"{label:>22s} {1e3 * fwd[0]:12.3f} {1e3 * fwd[1]:12.3f} {fwd[1] / fwd[0]:6.2f} "
             f"{1e3 * both[0]:12.3f} {1e3 * both[1]:12.3f} {both[1] / both[0]:6.2f}"
         )
-    save_figures({"environment": environment(), "device": str(device), "rows": rows}, args.out)
+    figures = {"environment": environment(), "device": str(device), "rows": rows}
+    figures["load_average"] = [load, print_machine()]
+    save_figures(figures, args.out)
 
 
 if __name__ == "__main__":

@@ -405,3 +405,51 @@ def test_low_precision_and_extreme_scales_are_computed_correctly(device, dtype, 
 def test_sigma_whose_scale_overflows_float64_is_refused():
     with pytest.raises(ValueError, match="sigma=1e-200 is too small"):
         MixtureAttention(sigma=1e-200)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "bernoulli"])
+@pytest.mark.parametrize("num_heads", [1, 2])
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gradients_through_the_key_bias_match_bayes_rule(device, kind, num_heads, with_mask, dtype):
+    """Training differentiates the per-key bias (key norms or softplus sums, and the log prior):
+    the fused route that carries it as an extra feature gives Bayes' rule's gradients."""
+    if kind == "gaussian":
+        q, k, v, log_prior = gaussian_inputs(device)
+    else:
+        q, _, k, v, log_prior = bernoulli_inputs(device)
+    v = torch.cat([v, v[..., :1] ** 2, v[..., :1]], -1)  # Dv = 6 = D: widths padded alike
+    key_mask = torch.tensor([[True, False, True, True], [True, True, True, False]], device=device)
+    mask = key_mask if with_mask else torch.ones_like(key_mask)
+    sigma = 0.8 if kind == "gaussian" else None
+    H, d, dv = num_heads, D // num_heads, v.shape[-1] // num_heads
+    cotangent = randn(B, TQ, v.shape[-1], device=device, seed=11).to(dtype)
+
+    def reference(q, k, v, log_prior):  # per head: log N(q; k, σ²I) or log Bern(x; k), by torch
+        outs = []
+        for h in range(H):
+            qh, kh = q[..., h * d : (h + 1) * d], k[..., h * d : (h + 1) * d]
+            vh = v[..., h * dv : (h + 1) * dv]
+            comp = (
+                dist.Normal(kh.unsqueeze(-3), sigma)
+                if kind == "gaussian"
+                else dist.Bernoulli(logits=kh.unsqueeze(-3))
+            )
+            log_joint = comp.log_prob(qh.unsqueeze(-2)).sum(-1) + log_prior.unsqueeze(-2)
+            log_joint = log_joint.masked_fill(~mask.unsqueeze(-2), -torch.inf)
+            outs.append(torch.softmax(log_joint, -1) @ vh)
+        return torch.cat(outs, -1)
+
+    attn = MixtureAttention(kind, sigma=sigma, num_heads=num_heads)
+    grads = []
+    for fn in (reference, lambda *a: attn(*a[:3], log_prior=a[3], key_mask=mask)):
+        inputs = [x.to(dtype).detach().requires_grad_() for x in (q, k, v, log_prior)]
+        out = fn(*inputs)
+        (out * cotangent).sum().backward()
+        grads.append([out.detach()] + [x.grad for x in inputs])
+        with torch.no_grad():  # the no-grad route (bias as a float mask) gives the same output
+            torch.testing.assert_close(fn(*inputs), out.detach())
+    tol = {} if dtype == torch.float32 else TOL
+    for got, expected in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, expected, **tol)
+    assert grads[1][2].abs().sum() > 0 and grads[1][4].abs().sum() > 0
