@@ -48,6 +48,7 @@ SODA 2007; scikit-learn's ``BayesianGaussianMixture`` and ``GaussianMixture``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any, NamedTuple
@@ -437,32 +438,54 @@ def _data_moments(data: torch.Tensor, full: bool, num_components: int) -> _Momen
     return _Moments(center, x, None, None)
 
 
-def _sufficient_stats(
-    data: torch.Tensor, resp: torch.Tensor, full: bool, moments: _Moments | None = None
-) -> _Stats:
-    """Weighted counts, means and scatter matrices, batched over points and components.
+class _Sums(NamedTuple):
+    r"""Sums over points of :math:`r_{nk}`, :math:`r_{nk} x_n` and :math:`r_{nk} x_n x_n^\\top`
+    (packed upper triangles, ``(D, D)`` blocks or diagonals) about the data mean; they add up
+    over chunks of the data."""
 
-    Second moments about the data mean (so the uncentred formula loses no precision to an
-    offset), either as ``r^T @ outer`` with the packed outer products of ``moments`` or as one
-    ``(D, N) @ (N, K*D)`` product; :func:`_sufficient_stats_reference` is the direct version."""
-    if moments is None:
-        moments = _data_moments(data, full, 0)
-    center, x, outer, triu = moments
+    nk: torch.Tensor  # (K,)
+    sx: torch.Tensor  # (K, D)
+    second: torch.Tensor  # (K, D(D+1)/2) packed, (K, D, D), or diag (K, D)
+
+    @staticmethod
+    def total(parts: Iterable[_Sums]) -> _Sums:
+        """The sums over all chunks."""
+        nk, sx, second = (torch.stack(list(t)).sum(0) for t in zip(*parts, strict=True))
+        return _Sums(nk, sx, second)
+
+
+def _moment_sums(
+    x: torch.Tensor, resp: torch.Tensor, full: bool, outer: torch.Tensor | None
+) -> _Sums:
+    """:class:`_Sums` of centred points ``x (N, D)``: ``r^T @ outer`` with their packed outer
+    products when given, else one ``(D, N) @ (N, K*D)`` product (full) or ``r^T @ x²`` (diag)."""
     n, d = x.shape
     k = resp.shape[1]
-    nk = resp.sum(0)
-    denom = nk + 10.0 * torch.finfo(data.dtype).eps
-    sx = resp.mT @ x  # (K, D)
+    if not full:
+        second = resp.mT @ x.square()
+    elif outer is not None:
+        second = resp.mT @ outer  # (K, D(D+1)/2)
+    else:
+        second = x.mT @ (resp.unsqueeze(-1) * x.unsqueeze(1)).reshape(n, k * d)
+        second = second.reshape(d, k, d).transpose(0, 1)  # sum_n r_nk x_n x_n^T
+    return _Sums(resp.sum(0), resp.mT @ x, second)
+
+
+def _stats_from_sums(sums: _Sums, moments: _Moments, full: bool) -> _Stats:
+    """Counts, means and scatter matrices from :class:`_Sums` about ``moments.center``."""
+    nk, sx, second = sums
+    k, d = sx.shape
+    denom = nk + 10.0 * torch.finfo(sx.dtype).eps
     xbar = sx / denom[:, None]
     if full:
-        if outer is not None and triu is not None:  # both or neither (see _data_moments)
-            packed = resp.mT @ outer  # (K, D(D+1)/2)
+        if second.dim() == 2:  # packed upper triangles
+            triu = moments.triu
+            if triu is None:
+                triu = torch.triu_indices(d, d, device=second.device)
+            packed = second
             second = packed.new_zeros(k, d, d)
             second[:, triu[0], triu[1]] = packed
             second[:, triu[1], triu[0]] = packed
-        else:
-            second = x.mT @ (resp.unsqueeze(-1) * x.unsqueeze(1)).reshape(n, k * d)
-            second = second.reshape(d, k, d).transpose(0, 1)  # sum_n r_nk x_n x_n^T
         cross = xbar.unsqueeze(-1) * sx.unsqueeze(-2)
         scatter = (
             second
@@ -472,9 +495,114 @@ def _sufficient_stats(
         )
         scatter = 0.5 * (scatter + scatter.mT)
     else:
-        second = resp.mT @ x.square()
         scatter = (second - 2.0 * xbar * sx + nk[:, None] * xbar.square()).clamp_min(0.0)
-    return _Stats(nk, xbar + center, scatter)
+    return _Stats(nk, xbar + moments.center, scatter)
+
+
+def _sufficient_stats(
+    data: torch.Tensor, resp: torch.Tensor, full: bool, moments: _Moments | None = None
+) -> _Stats:
+    """Weighted counts, means and scatter matrices, batched over points and components.
+
+    Second moments about the data mean (so the uncentred formula loses no precision to an
+    offset), by :func:`_moment_sums`; :func:`_sufficient_stats_reference` is the direct
+    version."""
+    if moments is None:
+        moments = _data_moments(data, full, 0)
+    sums = _moment_sums(moments.x, resp, full, moments.outer)
+    return _stats_from_sums(sums, moments, full)
+
+
+class _Features(NamedTuple):
+    r"""The data as the features that CAVI's E-step and statistics are linear in, float64.
+
+    About the data mean :math:`c`, with :math:`x = x_n - c`, each point is
+    :math:`\psi_n = [\phi(x), x]` with :math:`\phi(x)` the packed upper triangle of
+    :math:`x x^\top` (full) or :math:`x^2` (diag), :math:`P = D(D+1)/2` or :math:`D` numbers.
+    Then :math:`\log\rho_{nk} = a_k + w_k\cdot\psi_n` (Bishop 10.46 with 10.64: the quadratic
+    form :math:`\nu_k (x - m_k)^\top W_k (x - m_k)` expanded) and the statistics are
+    :math:`\sum_n r_{nk}\psi_n`: an iteration is two ``(K, P + D)`` by ``(P + D, rows)``
+    products per chunk of rows, with no ``(N, K, D)`` temporary (half the arithmetic of whitening
+    every point for every component). Stored whole when it fits in :data:`_FEATURE_BYTES`,
+    else built chunk by chunk.
+    """
+
+    center: torch.Tensor  # (D,)
+    x: torch.Tensor  # (N, D) centred
+    psi: torch.Tensor | None  # (N, P + D), or None when built per chunk
+    triu: torch.Tensor | None  # (2, P) for full
+
+    @staticmethod
+    def of(data: torch.Tensor, full: bool) -> _Features:
+        center = data.mean(0)
+        x = data - center
+        d = x.shape[1]
+        triu = torch.triu_indices(d, d, device=x.device) if full else None
+        features = _Features(center, x, None, triu)
+        width = (d * (d + 1) // 2 if full else d) + d
+        if x.shape[0] * width * x.element_size() <= _FEATURE_BYTES:
+            psi = x.new_empty(x.shape[0], width)  # filled by chunks: no N-sized temporaries
+            for chunk in features.chunks(0):
+                psi[chunk] = features.block(chunk)
+            features = features._replace(psi=psi)
+        return features
+
+    def block(self, chunk: slice) -> torch.Tensor:
+        r""":math:`\psi` of the rows ``chunk``, ``(rows, P + D)``."""
+        if self.psi is not None:
+            return self.psi[chunk]
+        x = self.x[chunk]
+        phi = x.square() if self.triu is None else x[:, self.triu[0]] * x[:, self.triu[1]]
+        return torch.cat([phi, x], 1)
+
+    def chunks(self, num_components: int) -> Iterator[slice]:
+        """Row ranges whose ``(K, rows)`` and ``(rows, P + D)`` blocks hold about
+        :data:`_CHUNK_NUMBERS` numbers (at least 256 rows)."""
+        width = self.x.shape[1] + (0 if self.triu is None else self.triu.shape[1])
+        rows = max(256, _CHUNK_NUMBERS // (width + num_components))
+        return (slice(i, i + rows) for i in range(0, self.x.shape[0], rows))
+
+    def sums(self, chunk: slice, resp_t: torch.Tensor) -> _Sums:
+        """:class:`_Sums` of the rows ``chunk`` with responsibilities ``resp_t (K, rows)``."""
+        moments = resp_t @ self.block(chunk)  # (K, P + D)
+        d = self.x.shape[1]
+        return _Sums(resp_t.sum(1), moments[:, -d:], moments[:, :-d])
+
+    def stats(self, sums: _Sums) -> _Stats:
+        moments = _Moments(self.center, self.x, None, self.triu)
+        return _stats_from_sums(sums, moments, self.triu is not None)
+
+    def log_rho_coefficients(
+        self, post: GMMVariationalPosterior, terms: _Terms
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""``(w (K, P + D), a (K, 1))`` with :math:`\log\rho_{nk} = a_k + w_k\cdot\psi_n`."""
+        d = self.x.shape[1]
+        nu = post.degrees_of_freedom.to(self.x.dtype)
+        means = post.means.to(self.x.dtype) - self.center
+        precision = _precision_matrix(terms.factor.to(self.x.dtype), self.triu is not None)
+        if self.triu is None:
+            w_means = precision * means
+            quadratic = precision  # coefficients of x²
+        else:
+            w_means = (precision @ means.unsqueeze(-1)).squeeze(-1)
+            i, j = self.triu
+            quadratic = precision[:, i, j] * torch.where(i == j, 1.0, 2.0).to(precision)
+        weights = -0.5 * nu[:, None] * torch.cat([quadratic, -2.0 * w_means], 1)
+        offset = (
+            terms.e_log_weights
+            + 0.5 * terms.e_log_det
+            - 0.5 * d * _LOG_2PI
+            - 0.5 * d / post.mean_precision
+        ).to(self.x.dtype) - 0.5 * nu * (means * w_means).sum(-1)
+        return weights, offset.unsqueeze(-1)
+
+    def log_rho(self, chunk: slice, weights: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """Unnormalised log responsibilities of the rows ``chunk``, ``(K, rows)``."""
+        return torch.addmm(offset, weights, self.block(chunk).mT)
+
+
+_FEATURE_BYTES = 1 << 29  # 512 MiB: N = 4e5 points of D = 16
+_CHUNK_NUMBERS = 1 << 19  # 4 MB of float64 a chunk: cache-sized, few Python round trips
 
 
 def _sufficient_stats_reference(data: torch.Tensor, resp: torch.Tensor, full: bool) -> _Stats:
@@ -950,30 +1078,35 @@ def cavi(
     # The statistics (one (K, N) @ (N, D(D+1)/2) product) are accumulated in float64 whatever the
     # data's dtype: the bound of a large float32 data set is otherwise resolved only to about
     # 1e-6 of its size, far coarser than a tol in nats, and float32 runs would not stop.
-    wide = data.to(torch.float64)
-    moments = _data_moments(wide, full, k)
-
-    def m_step(resp: torch.Tensor) -> tuple[_Stats, GMMVariationalPosterior]:
-        stats = _sufficient_stats(wide, resp.to(torch.float64), full, moments)
-        return stats, _posterior_from_stats(stats, prior)
-
-    post_wide = m_step(resp)[1]
-    post = _posterior_like(post_wide, data)
+    # Everything is computed in float64 whatever the data's dtype: the bound of a large float32
+    # data set is otherwise resolved only to about 1e-6 of its size, far coarser than a tol in
+    # nats, and float32 runs would not stop.
+    features = _Features.of(data.to(torch.float64), full)
+    resp_t = resp.to(torch.float64).mT  # (K, N)
+    sums = _Sums.total(features.sums(chunk, resp_t[:, chunk]) for chunk in features.chunks(k))
+    post = _posterior_from_stats(features.stats(sums), prior)
     terms = _posterior_terms(post)
+    resp = torch.empty_like(resp)
     trace: list[float] = []
     converged = False
     previous = -math.inf
     with tqdm(total=max_iter, desc="CAVI", disable=not progress, unit="it") as bar:
         for _ in range(max_iter):
-            log_rho = _log_rho(data, post, terms)
-            log_resp = log_rho - torch.logsumexp(log_rho, dim=-1, keepdim=True)
-            resp = log_resp.exp()
-            stats, post_wide = m_step(resp)
-            post = _posterior_like(post_wide, data)
+            # E-step and the next M-step's statistics in one pass over chunks of rows
+            weights, offset = features.log_rho_coefficients(post, terms)
+            neg_entropy = features.x.new_zeros(())
+            parts = []
+            for chunk in features.chunks(k):
+                log_rho = features.log_rho(chunk, weights, offset)  # (K, rows)
+                log_resp = log_rho - torch.logsumexp(log_rho, dim=0, keepdim=True)
+                r = log_resp.exp()
+                neg_entropy += (r * log_resp).sum()
+                parts.append(features.sums(chunk, r))
+                resp[chunk] = r.mT
+            stats = features.stats(_Sums.total(parts))
+            post = _posterior_from_stats(stats, prior)
             terms = _posterior_terms(post)
-            neg_entropy = (resp * log_resp).sum(dtype=torch.float64)
-            wide_terms = terms if post is post_wide else None
-            value = _elbo_from_stats(stats, neg_entropy, prior, post_wide, wide_terms).item()
+            value = _elbo_from_stats(stats, neg_entropy, prior, post, terms).item()
             trace.append(value)
             bar.update(1)
             bar.set_postfix(elbo=f"{value:.6g}", refresh=False)
@@ -981,7 +1114,7 @@ def cavi(
                 converged = True
                 break
             previous = value
-    return CAVIResult(post, trace, len(trace), converged, resp)
+    return CAVIResult(_posterior_like(post, data), trace, len(trace), converged, resp)
 
 
 # ----------------------------------------------------------------------------------------------

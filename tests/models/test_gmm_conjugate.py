@@ -17,10 +17,13 @@ from pyro_attention.models.gmm_conjugate import (
     GMMPrior,
     GMMVariationalPosterior,
     _data_moments,
+    _Features,
+    _posterior_terms,
     _quad_points,
     _quad_points_reference,
     _sufficient_stats,
     _sufficient_stats_reference,
+    _Sums,
     cavi,
     elbo,
     em,
@@ -484,6 +487,59 @@ def test_fast_paths_match_their_references(
         _quad_points_reference(x, post.means, factor, full),
         **tol,
     )
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
+@pytest.mark.parametrize("stored", [True, False])
+def test_cavi_feature_pass_is_bishops_e_step_and_statistics(
+    device: torch.device, covariance_type: str, stored: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CAVI's pass over the expanded features (log rho linear in [phi(x), x]) against Bishop
+    10.46 written out with the inverse covariance, and the statistics against the direct
+    (K, N, D) ones; on data with a large offset, over several chunks, features stored or built
+    chunk by chunk."""
+    module = "pyro_attention.models.gmm_conjugate"
+    monkeypatch.setattr(f"{module}._CHUNK_NUMBERS", 0)  # chunks of 256 rows
+    if not stored:
+        monkeypatch.setattr(f"{module}._FEATURE_BYTES", 0)
+    x, _ = _blobs(device, n_per=250, dim=3)
+    x = x + 1000.0
+    full = covariance_type == "full"
+    k = 4
+    resp = _skewed_resp(len(x), k, device)
+    prior = _prior(x, covariance_type)
+    post = update_posterior(x, prior, resp)
+    features = _Features.of(x, full)
+    assert (features.psi is not None) == stored
+    chunks = list(features.chunks(k))
+    assert len(chunks) == 3  # 750 rows, at least 256 a chunk
+
+    # Bishop 10.46 with 10.64-10.66, every term written out
+    d = x.shape[1]
+    nu, beta, alpha = post.degrees_of_freedom, post.mean_precision, post.weight_concentration
+    if full:
+        precision = torch.linalg.inv(post.covariance)  # W_k = Psi_k^{-1}
+        diff = x.unsqueeze(1) - post.means  # (N, K, D)
+        quad = torch.einsum("nki,kij,nkj->nk", diff, precision, diff)
+        i = torch.arange(d, dtype=F64, device=device)
+        e_log_det = torch.digamma(0.5 * (nu[:, None] - i)).sum(-1) + d * math.log(2.0)
+        e_log_det = e_log_det + torch.logdet(precision)
+    else:
+        precision = post.covariance.reciprocal()
+        quad = ((x.unsqueeze(1) - post.means).square() * precision).sum(-1)
+        e_log_det = d * (torch.digamma(0.5 * nu) + math.log(2.0)) + precision.log().sum(-1)
+    e_log_pi = torch.digamma(alpha) - torch.digamma(alpha.sum())
+    expected = (
+        e_log_pi + 0.5 * e_log_det - 0.5 * d * math.log(2 * math.pi) - 0.5 * d / beta
+    ) - 0.5 * nu * quad
+
+    weights, offset = features.log_rho_coefficients(post, _posterior_terms(post))
+    log_rho = torch.cat([features.log_rho(c, weights, offset) for c in chunks], 1).mT
+    torch.testing.assert_close(log_rho, expected, rtol=1e-9, atol=1e-9)
+
+    sums = _Sums.total(features.sums(c, resp.mT[:, c]) for c in chunks)
+    for a, b in zip(features.stats(sums), _sufficient_stats_reference(x, resp, full), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------
