@@ -27,6 +27,7 @@ from pyro.infer import MCMC, SVI
 from pyro.infer import NUTS as _PyroNUTS
 from pyro.ops.stats import split_gelman_rubin
 from pyro.optim import ClippedAdam, PyroOptim
+from pyro.poutine.util import is_validation_enabled
 from tqdm import tqdm
 
 from pyro_attention._io import atomic_path
@@ -145,15 +146,23 @@ def _check_int(value: Any, name: str, low: int) -> int:
     return value
 
 
-def _param_snapshot() -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+def _guarded_step(svi: SVI, *args: Any, **kwargs: Any) -> float | None:
+    """:meth:`pyro.infer.SVI.step` that applies the update only when the loss and every
+    gradient are finite: the loss, or None (parameters untouched) when one is not.
 
-
-def _restore(snapshot: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, value in pyro.get_param_store().named_parameters():
-            if name in snapshot:
-                value.copy_(snapshot[name])
+    One check fused into a single device synchronisation on the happy path, and no copy of the
+    parameters: a non-finite step is caught before the optimiser sees it.
+    """
+    with poutine.trace(param_only=True) as capture:
+        loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
+    params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+    value = float(loss[0] if isinstance(loss, tuple) else loss)  # e.g. RWS's pair of losses
+    checks = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    finite = math.isfinite(value) and (not checks or bool(torch.stack(checks).all()))
+    if finite:
+        svi.optim(params)
+    pyro.infer.util.zero_grads(params)
+    return value if finite else None
 
 
 def _load_params(saved: ParamState) -> None:
@@ -409,7 +418,6 @@ def _svi_phase(
     stream = None if batches is None else batch_stream(batches, batch_offset + start)
     points_seen = points_before
     step_points: list[int] = []
-    snapshot = _param_snapshot()
     status = "ok"
     t0 = time.perf_counter()
     bar = tqdm(range(start, num_steps), desc=method.name, disable=not progress, leave=False)
@@ -419,16 +427,13 @@ def _svi_phase(
         else:
             step_data = model_obj.check_data(next(stream))
             points_per_step = model_obj.num_points(step_data)
-        value = svi.step(step_data, **kwargs)
-        value = float(value[0] if isinstance(value, tuple) else value)
-        params_ok = all(
-            torch.isfinite(p).all() for _, p in pyro.get_param_store().named_parameters()
-        )
-        if not (torch.isfinite(torch.tensor(value)) and params_ok):
-            _restore(snapshot)
+        # Pyro's argument and support checks on the first step of a run only: later steps
+        # trace the same model and guide on data check_data has already checked
+        with pyro.validation_enabled(is_validation_enabled() and step == start):
+            value = _guarded_step(svi, step_data, **kwargs)
+        if value is None:
             status = f"warn: non-finite loss at step {step}; the parameters before it are kept"
             break
-        snapshot = _param_snapshot()
         losses.append(value)
         points_seen += points_per_step
         step_points.append(points_per_step)

@@ -122,6 +122,44 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(device, tmp_path):
     assert resumed.steps == result.steps + 5 and resumed.losses[: result.steps] == result.losses
 
 
+def test_a_non_finite_gradient_leaves_the_parameters_of_the_step_before(device):
+    """A step whose loss is finite but whose gradient is NaN is not applied: the parameters
+    are exactly those of a run stopped one step earlier."""
+    data = load_gmm2d(device=device).train
+    gmm = BayesianGMM(3, 2, "diag")
+    original = gmm.model
+
+    def poisoned_after(calls_before_poison):
+        calls = {"n": 0}
+
+        def model(data, **kwargs):
+            calls["n"] += 1
+            scale = pyro.param("poison_scale", data.new_tensor(1.0))
+            if calls["n"] > calls_before_poison:  # value 0, gradient NaN (the where trap)
+                value = torch.where(data.new_tensor(True).bool(), 0.0, torch.sqrt(-scale))
+            else:
+                value = 0.0 * scale
+            pyro.factor("poison", value)
+            return original(data, **kwargs)
+
+        return model
+
+    gmm.model = poisoned_after(12)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step") as info:
+        fit(gmm, data, "enum", num_steps=50, progress=False, seed=3)
+    cut = info.value.result
+    gmm.model = poisoned_after(10**9)
+    clean = fit(gmm, data, "enum", num_steps=cut.steps, progress=False, seed=3)
+    assert clean.losses == cut.losses
+    with cut.scope():
+        after_cut = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    with clean.scope():
+        after_clean = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    assert after_cut.keys() == after_clean.keys() and "poison_scale" in after_cut
+    for name, value in after_cut.items():
+        assert torch.isfinite(value).all() and torch.equal(value, after_clean[name]), name
+
+
 def test_closed_form_and_nuts_results(device):
     data = load_gmm2d(device=device).train
     gmm = BayesianGMM(3, 2)
