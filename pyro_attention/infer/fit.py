@@ -155,7 +155,11 @@ def _guarded_step(svi: SVI, *args: Any, **kwargs: Any) -> float | None:
     """
     with poutine.trace(param_only=True) as capture:
         loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
-    params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+    params = {
+        value.unconstrained()
+        for site in capture.trace.nodes.values()
+        if (value := site["value"]) is not None
+    }
     value = float(loss[0] if isinstance(loss, tuple) else loss)  # e.g. RWS's pair of losses
     checks = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
     finite = math.isfinite(value) and (not checks or bool(torch.stack(checks).all()))
