@@ -20,7 +20,10 @@ same run:
    ``torch.optim.Adam`` over all parameters;
 3. **jit** -- (1) with ``JitTraceEnum_ELBO`` in place of ``TraceEnum_ELBO``; its compile time
    (the first step) is reported apart. Pyro's jit calls ``torch.jit.trace``, which torch
-   deprecates; that warning is silenced here, in the benchmark only.
+   deprecates; that warning is silenced here, in the benchmark only;
+4. **fit** -- (1) stepped as :func:`~pyro_attention.infer.fit` steps it after its first step:
+   :func:`~pyro_attention.infer.fit.guarded_step` (the loss and gradients checked for
+   finiteness before the update) with Pyro's argument checks off.
 
 Before timing, each configuration checks that (1) and (2) compute the same number: the Pyro
 parameters are copied into the torch step, the same draw of the globals is used (read from a
@@ -65,6 +68,7 @@ from torch.distributions.transforms import StickBreakingTransform
 
 from pyro_attention.guides import AutoAlignmentGuide
 from pyro_attention.infer import get_method
+from pyro_attention.infer.fit import guarded_step
 from pyro_attention.models import BayesianGMM
 
 SITES = ("weights", "precisions", "locs")
@@ -367,10 +371,16 @@ def time_config(n: int, k: int, covariance: str, guide_kind: str, args: argparse
             )
             return svi_jit.step(data)
 
+    def fit_step() -> float:  # the step fit() takes: guarded, Pyro's checks on step 1 only
+        with pyro.validation_enabled(False):
+            value = guarded_step(svi, data)
+        return math.nan if value is None else value
+
     variants = [
         Variant("torch", torch_step),
         Variant("svi", lambda: svi.step(data)),
         Variant("jit", jit_step),
+        Variant("fit", fit_step),
     ]
     t0 = time.perf_counter()
     variants[2].run(1, record=False)
@@ -392,6 +402,7 @@ def time_config(n: int, k: int, covariance: str, guide_kind: str, args: argparse
         "cpu_ms_per_step": {name: 1e3 * value for name, value in med_cpu.items()},
         "ratio_svi_torch": med["svi"] / med["torch"],
         "ratio_jit_torch": med["jit"] / med["torch"],
+        "ratio_fit_torch": med["fit"] / med["torch"],
         "cpu_ratio_svi_torch": med_cpu["svi"] / med_cpu["torch"],
         "cpu_ratio_jit_torch": med_cpu["jit"] / med_cpu["torch"],
         "jit_closes_gap_fraction": (med["svi"] - med["jit"]) / gap if gap > 0 else float("nan"),
@@ -461,7 +472,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     head = (
         f"{'N':>6} {'K':>3} {'cov':>4} {'guide':>6} | {'torch ms':>8} {'svi ms':>7} "
-        f"{'jit ms':>7} | {'svi/torch':>9} {'jit/torch':>9} {'(cpu)':>11} | {'jit gap':>7} "
+        f"{'jit ms':>7} {'fit ms':>7} | {'svi/torch':>9} {'jit/torch':>9} {'fit/torch':>9} "
+        f"{'(cpu)':>11} | {'jit gap':>7} "
         f"{'compile s':>9} | {'loss diff f32':>13} {'f64':>9} {'grad diff f64':>13}"
     )
     print(head)
@@ -477,8 +489,9 @@ def main(argv: list[str] | None = None) -> dict:
                     ms = row["ms_per_step"]
                     print(
                         f"{n:>6} {k:>3} {covariance:>4} {guide_kind:>6} | {ms['torch']:>8.2f} "
-                        f"{ms['svi']:>7.2f} {ms['jit']:>7.2f} | {row['ratio_svi_torch']:>9.1f} "
-                        f"{row['ratio_jit_torch']:>9.1f} "
+                        f"{ms['svi']:>7.2f} {ms['jit']:>7.2f} {ms['fit']:>7.2f} | "
+                        f"{row['ratio_svi_torch']:>9.1f} {row['ratio_jit_torch']:>9.1f} "
+                        f"{row['ratio_fit_torch']:>9.1f} "
                         f"{row['cpu_ratio_svi_torch']:>5.1f}/{row['cpu_ratio_jit_torch']:<5.1f} | "
                         f"{100 * row['jit_closes_gap_fraction']:>6.0f}% "
                         f"{row['jit_compile_seconds']:>9.2f} | "
@@ -491,11 +504,13 @@ def main(argv: list[str] | None = None) -> dict:
     svi_ratios = [r["ratio_svi_torch"] for r in rows]
     closed = statistics.median(r["jit_closes_gap_fraction"] for r in rows)
     jit_ratios = [r["ratio_jit_torch"] for r in rows]
+    fit_ratios = [r["ratio_fit_torch"] for r in rows]
     print(
         f"svi/torch: median {statistics.median(svi_ratios):.1f} "
         f"(range {min(svi_ratios):.1f}-{max(svi_ratios):.1f}); jit/torch: median "
         f"{statistics.median(jit_ratios):.1f} (range {min(jit_ratios):.1f}-{max(jit_ratios):.1f});"
-        f" jit closes a median {100 * closed:.0f}% of the gap"
+        f" jit closes a median {100 * closed:.0f}% of the gap; fit()'s step/torch: median "
+        f"{statistics.median(fit_ratios):.1f} (range {min(fit_ratios):.1f}-{max(fit_ratios):.1f})"
     )
     cpu_svi = statistics.median(r["cpu_ratio_svi_torch"] for r in rows)
     cpu_jit = statistics.median(r["cpu_ratio_jit_torch"] for r in rows)

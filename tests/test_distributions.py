@@ -1,5 +1,5 @@
-"""The Wishart bijection, the straight-through categorical, the clamped Dirichlet and the
-precomputed observation log-likelihood."""
+"""The Wishart bijection, the straight-through categorical, the clamped Dirichlet, the
+precomputed observation log-likelihood and the unbroadcast diagonal normal."""
 
 import pyro.distributions as dist
 import pytest
@@ -9,6 +9,7 @@ from torch.distributions import biject_to
 
 from pyro_attention.distributions import (
     ClampedDirichlet,
+    DiagonalNormal,
     ObservedLogProb,
     PositiveDefiniteTransform,
     StraightThroughCategorical,
@@ -91,3 +92,54 @@ def test_observed_log_prob_scores_and_refuses_to_sample():
     assert fn.expand((2, 3, 4)).log_prob(None).shape == (2, 3, 4)
     with pytest.raises(NotImplementedError, match="emission_chunk_size"):
         fn.sample()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "loc_shape, scale_shape, value_shape, batch",
+    [
+        ((4, 1, 3), (4, 1, 3), (50, 3), (4, 50)),  # enumerated components against data
+        ((50, 3), (50, 3), (50, 3), (50,)),  # one component per point (sampled z)
+        ((3,), (1,), (2, 7, 3), (2, 7)),  # shared scale, value wider than the batch
+    ],
+)
+def test_diagonal_normal_is_normal_to_event(
+    device, dtype, loc_shape, scale_shape, value_shape, batch
+):
+    """Density, gradients and shapes of ``Normal(loc, scale).to_event(1)``, by torch, on data
+    far from the origin (where an uncentred expansion of the square would cancel)."""
+    g = torch.Generator().manual_seed(0)
+    value = (100.0 + 2 * torch.randn(value_shape, generator=g, dtype=torch.float64)).to(dtype)
+    loc = (100.0 + torch.randn(loc_shape, generator=g, dtype=torch.float64)).to(dtype)
+    scale = (0.3 + torch.rand(scale_shape, generator=g, dtype=torch.float64)).to(dtype)
+    results = []
+    for make in (DiagonalNormal, lambda m, s: dist.Normal(m, s).to_event(1)):
+        m, s = (t.to(device).requires_grad_() for t in (loc, scale))
+        d = make(m, s).expand(batch)
+        assert d.batch_shape == batch and d.event_shape == (value_shape[-1],)
+        log_prob = d.log_prob(value.to(device))
+        log_prob.sum().backward()
+        results.append((log_prob.detach(), m.grad, s.grad))
+    tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-10}
+    assert (
+        results[0][0].shape
+        == results[1][0].shape
+        == torch.broadcast_shapes(batch, value_shape[:-1])
+    )
+    for got, expected in zip(results[0], results[1], strict=True):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, expected, **tol)
+
+
+def test_diagonal_normal_samples_and_checks(device):
+    loc = torch.tensor([[1.0, -2.0]], device=device, dtype=torch.float64)
+    scale = torch.tensor([[0.5, 3.0]], device=device, dtype=torch.float64)
+    d = DiagonalNormal(loc, scale).expand((3,))
+    torch.manual_seed(0)
+    draws = d.rsample((20000,))
+    assert draws.shape == (20000, 3, 2)
+    torch.testing.assert_close(draws.mean((0, 1)), loc[0], atol=0.05, rtol=0)
+    torch.testing.assert_close(draws.std((0, 1)), scale[0], atol=0.05, rtol=0)
+    assert d.mean.shape == d.variance.shape == (3, 2)
+    with pytest.raises(ValueError, match="scale"):
+        DiagonalNormal(loc, -scale, validate_args=True)

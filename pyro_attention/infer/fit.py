@@ -146,7 +146,7 @@ def _check_int(value: Any, name: str, low: int) -> int:
     return value
 
 
-def _guarded_step(svi: SVI, *args: Any, **kwargs: Any) -> float | None:
+def guarded_step(svi: SVI, *args: Any, **kwargs: Any) -> float | None:
     """:meth:`pyro.infer.SVI.step` that applies the update only when the loss and every
     gradient are finite: the loss, or None (parameters untouched) when one is not.
 
@@ -434,7 +434,7 @@ def _svi_phase(
         # Pyro's argument and support checks on the first step of a run only: later steps
         # trace the same model and guide on data check_data has already checked
         with pyro.validation_enabled(is_validation_enabled() and step == start):
-            value = _guarded_step(svi, step_data, **kwargs)
+            value = guarded_step(svi, step_data, **kwargs)
         if value is None:
             status = f"warn: non-finite loss at step {step}; the parameters before it are kept"
             break

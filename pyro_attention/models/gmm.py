@@ -32,7 +32,7 @@ import torch
 
 from pyro_attention._validation import check_mixture_data, check_positive_int
 from pyro_attention.alignment import alignment, attend
-from pyro_attention.distributions import Wishart
+from pyro_attention.distributions import DiagonalNormal, Wishart
 from pyro_attention.models.base import PointMixtureModel
 from pyro_attention.models.gmm_conjugate import (
     CAVIResult,
@@ -132,7 +132,7 @@ class BayesianGMM(PointMixtureModel):
             z = alignment("assignment", logits)
             loc = attend(locs, z)
             if self.covariance_type == "diag":
-                likelihood = dist.Normal(loc, attend(spread, z)).to_event(1)
+                likelihood = DiagonalNormal(loc, attend(spread, z))
             else:
                 likelihood = dist.MultivariateNormal(loc, scale_tril=attend(spread, z, event_dim=2))
             pyro.sample("obs", likelihood, obs=points)

@@ -39,7 +39,7 @@ def _rows(folder):
 def test_resume_after_an_interrupt_gives_the_uninterrupted_result(tmp_path, monkeypatch):
     _compare(tmp_path / "whole")
 
-    step = fit_module._guarded_step
+    step = fit_module.guarded_step
     calls = {"n": 0}
 
     def interrupting_step(svi, *args, **kwargs):
@@ -48,7 +48,7 @@ def test_resume_after_an_interrupt_gives_the_uninterrupted_result(tmp_path, monk
             raise KeyboardInterrupt
         return step(svi, *args, **kwargs)
 
-    monkeypatch.setattr(fit_module, "_guarded_step", interrupting_step)
+    monkeypatch.setattr(fit_module, "guarded_step", interrupting_step)
     with pytest.raises(KeyboardInterrupt):
         _compare(tmp_path / "cut")
     summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
@@ -62,7 +62,7 @@ def test_resume_after_an_interrupt_gives_the_uninterrupted_result(tmp_path, monk
         calls["n"] += 1
         return step(svi, *args, **kwargs)
 
-    monkeypatch.setattr(fit_module, "_guarded_step", counting_step)
+    monkeypatch.setattr(fit_module, "guarded_step", counting_step)
     calls["n"] = 0
     resumed = _compare(tmp_path / "cut", resume=True)
     assert resumed.resumed == ["cavi"]
