@@ -87,6 +87,7 @@ from pyro_attention.data import get_task, make_alignment_dataset
 from pyro_attention.experiments.compare_alignment import PAPER_METHODS
 from pyro_attention.infer import get_method
 from pyro_attention.models import LatentAlignmentSeq2Seq
+from pyro_attention.models.structure import inspect_model
 
 LR = 3e-3
 REFERENCE = "soft"
@@ -197,8 +198,8 @@ def measure(args: argparse.Namespace, name: str, chunk: int | None) -> dict:
         len(dataset.source_vocab), len(dataset.target_vocab), args.embed, args.hidden, **kwargs
     ).to(device)
     method = get_method(name, **({"num_particles": args.rws_particles} if name == "rws" else {}))
-    method.check(model)
     batch = model.check_data(batch)
+    method.check(inspect_model(model, batch))
     model.initialize(batch)
     svi = SVI(
         method.prepare(model.model),
