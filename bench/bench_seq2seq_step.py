@@ -62,14 +62,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import ctypes
-import gc
 import inspect
 import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -79,7 +76,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from _common import environment, save_figures
+from _common import MemoryProbe, environment, save_figures
 from pyro.infer import SVI
 from pyro.optim import ClippedAdam
 
@@ -92,70 +89,6 @@ from pyro_attention.models.structure import inspect_model
 LR = 3e-3
 REFERENCE = "soft"
 MB = 1024.0 * 1024.0
-
-
-# ---------------------------------------------------------------------------------- memory
-def _proc_status_kb(field: str) -> int | None:
-    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in kB, None without it."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _malloc_trim() -> bool:
-    """Hand the memory glibc's malloc keeps after ``free`` back to the system (so the RSS a
-    measurement starts from holds live memory only); False where there is no glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        return False
-    return True
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the process's RSS high-water mark (Linux >= 4.0); False where that fails."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
-class MemoryProbe:
-    """Peak memory growth over a span of steps: RSS on CPU, allocated tensors on CUDA."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.reset_ok = True
-        self.trimmed = False
-
-    def start(self) -> float:
-        """Reset the peak; return the current level in bytes."""
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            return float(torch.cuda.memory_allocated())
-        gc.collect()
-        self.trimmed = _malloc_trim()
-        self.reset_ok = _reset_peak_rss() and self.reset_ok
-        rss = _proc_status_kb("VmRSS")
-        return float("nan") if rss is None else 1024.0 * rss
-
-    def peak(self) -> float:
-        """The peak since :meth:`start`, in bytes."""
-        if self.cuda:
-            torch.cuda.synchronize()
-            return float(torch.cuda.max_memory_allocated())
-        hwm = _proc_status_kb("VmHWM")
-        if hwm is None:  # Linux reports ru_maxrss in kB
-            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return 1024.0 * hwm
 
 
 # ---------------------------------------------------------------------------------- child

@@ -24,6 +24,7 @@ TINY = {  # script: (options, the flag that names the JSON file)
         "--out",
     ),
     "bench_mixture_attention.py": (["--repeats", "1"], "--out"),
+    "bench_eval_memory.py": ("--n 1000 --draws 3 --whole-max 1000".split(), "--out"),
     "bench_svi_vs_cavi.py": (
         "--methods enum --max-steps 10 --eval-every 5 --cavi-repeats 1 --draws 10".split(),
         "--json",

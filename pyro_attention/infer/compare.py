@@ -35,7 +35,7 @@ from pyro_attention.infer.evaluate import (
     check_model,
     gradient_variance,
     log_predictive_density,
-    pointwise_log_likelihood,
+    model_log_likelihood,
 )
 from pyro_attention.infer.fit import check_svi_options, fit, runner_options
 from pyro_attention.infer.methods import InferenceMethod
@@ -183,18 +183,17 @@ def _evaluate_fit(
 ) -> tuple[dict[str, Any], PosteriorDraws, torch.Tensor]:
     train, test = model_obj.check_data(train), model_obj.check_data(test)
     method = result.method
-    nesting = model_obj.max_plate_nesting
     draws = result.draws(num_samples)
     model_fn = method.predictive(model_obj.model)
     with torch.no_grad():
-        test_ll = pointwise_log_likelihood(
-            model_fn, draws.samples, test, max_plate_nesting=nesting, local_draws=local_draws
+        test_ll = model_log_likelihood(
+            model_obj, model_fn, draws.samples, test, local_draws=local_draws
         )
-        train_ll, log_prior = pointwise_log_likelihood(
+        train_ll, log_prior = model_log_likelihood(
+            model_obj,
             model_fn,
             draws.samples,
             train,
-            max_plate_nesting=nesting,
             return_log_prior=True,
             local_draws=local_draws,
         )

@@ -180,6 +180,40 @@ def pointwise_log_likelihood(
     return (out, torch.cat(priors)) if return_log_prior else out
 
 
+#: points scored at once by :func:`model_log_likelihood`: with 64 draws at a time and K
+#: components the enumerated log-probabilities of a piece are 64 x K x 8192 numbers
+EVAL_POINTS = 8192
+
+
+def model_log_likelihood(
+    model_obj: AlignmentModel,
+    model: Callable,
+    samples: dict[str, torch.Tensor],
+    data: Any,
+    *,
+    return_log_prior: bool = False,
+    max_points: int = EVAL_POINTS,
+    local_draws: int = 64,
+) -> Any:
+    """:func:`pointwise_log_likelihood` of ``model`` (``model_obj``'s model function, as a method
+    prepares it) on ``data``, a piece of ``model_obj.split_data(data, max_points)`` at a time,
+    concatenated along the outermost plate (dim 1): memory is capped by ``max_points``, not by
+    the size of the data. ``(pointwise, log_prior)`` with ``return_log_prior``."""
+    pieces, prior = [], None
+    for piece in model_obj.split_data(data, max_points):
+        part, prior = pointwise_log_likelihood(
+            model,
+            samples,
+            piece,
+            max_plate_nesting=model_obj.max_plate_nesting,
+            return_log_prior=True,
+            local_draws=local_draws,
+        )
+        pieces.append(part)
+    pointwise = pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)
+    return (pointwise, prior) if return_log_prior else pointwise
+
+
 def _size_not_in(trace: Any) -> int:
     """The smallest size >= 2 that no dim of a site of ``trace`` has."""
     sizes = {

@@ -138,6 +138,13 @@ class AlignmentModel(PyroModule):
         """Number of independent data points (units of the held-out metric)."""
         return len(data)
 
+    def split_data(self, data: Any, max_points: int) -> list[Any]:
+        """Pieces of ``data`` along the model's outermost plate, at most ``max_points`` points
+        each, whose pointwise log-likelihoods concatenated along that plate are those of
+        ``data``: the evaluator scores them one at a time, so that its memory does not grow
+        with the data. The default does not split (a model's data layout is its own)."""
+        return [data]
+
     def initialize(self, data: Any) -> None:
         """Compute data-dependent initial values of the globals (see :meth:`init_loc_fn`)."""
 
@@ -168,6 +175,10 @@ class PointMixtureModel(AlignmentModel):
 
     def num_points(self, data: torch.Tensor) -> int:
         return data.shape[0]
+
+    def split_data(self, data: torch.Tensor, max_points: int) -> list[torch.Tensor]:
+        """Blocks of at most ``max_points`` rows (the data plate is over the rows)."""
+        return list(torch.split(data, max_points))
 
     def create_plates(
         self, data: torch.Tensor, *, subsample_size: int | None = None, **kwargs: Any

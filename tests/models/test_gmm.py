@@ -12,7 +12,11 @@ from pyro.infer import TraceEnum_ELBO
 from pyro_attention.data import load_gmm2d
 from pyro_attention.handlers import enumerate_alignments
 from pyro_attention.infer import NUTS, fit, get_method
-from pyro_attention.infer.evaluate import log_predictive_density, pointwise_log_likelihood
+from pyro_attention.infer.evaluate import (
+    log_predictive_density,
+    model_log_likelihood,
+    pointwise_log_likelihood,
+)
 from pyro_attention.infer.fit import runner_options
 from pyro_attention.models import BayesianGMM
 
@@ -69,6 +73,25 @@ def test_trace_enum_equals_brute_force(device, covariance_type):
         gmm.model, {k: v[None] for k, v in values.items()}, data, max_plate_nesting=1
     )
     torch.testing.assert_close(pointwise.sum(), brute_force_log_marginal(gmm, values, data))
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_scoring_in_pieces_of_the_data_is_scoring_it_whole(device, covariance_type):
+    """The evaluator's pieces along the data plate (a few rows each, the last one short) give
+    the pointwise log-likelihoods and the log prior of one pass over all the data."""
+    gmm = BayesianGMM(3, 2, covariance_type)
+    data = load_gmm2d(device=device).test.double()
+    assert [len(p) for p in gmm.split_data(data[:10], 4)] == [4, 4, 2]
+    samples = fit(gmm, data, "enum", num_steps=3, progress=False).draws(5).samples
+    whole, whole_prior = pointwise_log_likelihood(
+        gmm.model, samples, data, max_plate_nesting=1, return_log_prior=True
+    )
+    pieces, prior = model_log_likelihood(
+        gmm, gmm.model, samples, data, max_points=7, return_log_prior=True
+    )
+    assert len(data) % 7 and pieces.shape == whole.shape == (5, len(data))
+    torch.testing.assert_close(pieces, whole, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(prior, whole_prior)
 
 
 def _single_gaussian_score(data) -> float:
