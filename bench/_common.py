@@ -18,6 +18,7 @@ import pyro
 import torch
 
 from pyro_attention._io import write_json
+from pyro_attention._run_folder import provenance
 
 
 def environment() -> dict[str, object]:
@@ -70,10 +71,11 @@ def interleaved_median_seconds(
     return [statistics.median(t) for t in times]
 
 
-def save_figures(figures: dict, path: str | None) -> dict:
-    """Write ``figures`` as JSON to ``path`` (if given) and return them."""
+def save_figures(figures: dict, path: str | os.PathLike | None) -> dict:
+    """Write ``figures`` as JSON to ``path`` (if given), with the provenance of the run (the
+    command, commit, versions, threads, load average and time), and return them."""
     if path:
-        write_json(path, figures)
+        write_json(path, {**figures, "provenance": provenance()})
         print(f"wrote {path}")
     return figures
 

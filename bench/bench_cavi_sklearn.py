@@ -23,11 +23,9 @@ nothing here is a test.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -40,6 +38,8 @@ from sklearn.mixture import BayesianGaussianMixture
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import save_figures
 
 from pyro_attention.models.gmm_conjugate import (
     GMMPrior,
@@ -180,14 +180,6 @@ def as_float64(post: GMMVariationalPosterior, prior: GMMPrior) -> GMMVariational
     )
 
 
-def write_json_atomically(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000, help="number of points")
@@ -260,7 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(header)
     print("-" * len(header))
-    figures: dict = {"args": {k_: str(v) for k_, v in vars(args).items()}, "fits": {}}
+    options = {k_: str(v) if isinstance(v, Path) else v for k_, v in vars(args).items()}
+    figures: dict = {"args": options, "fits": {}}
     for name, run in runs.items():
         time_ratio = sk["time_s"] / run["time_s"]
         iter_ratio = per_iter(sk) / per_iter(run)
@@ -287,10 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ours f64/f32 start from sklearn's own KMeans(n_init=1) labels (its cost counted as "
         "init); 'own' from our seeded k-means++ (torch)."
     )
-    if args.json is not None:
-        write_json_atomically(args.json, figures)
-        print(f"wrote {args.json}")
-    return figures
+    return save_figures(figures, args.json)
 
 
 if __name__ == "__main__":
