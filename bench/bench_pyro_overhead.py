@@ -22,7 +22,7 @@ same run:
    (the first step) is reported apart. Pyro's jit calls ``torch.jit.trace``, which torch
    deprecates; that warning is silenced here, in the benchmark only;
 4. **fit** -- (1) stepped as :func:`~pyro_attention.infer.fit` steps it after its first step:
-   :func:`~pyro_attention.infer.fit.guarded_step` (the loss and gradients checked for
+   a :class:`~pyro_attention.infer.fit.GuardedStep` (the loss and gradients checked for
    finiteness before the update) with Pyro's argument checks off.
 
 Before timing, each configuration checks that (1) and (2) compute the same number: the Pyro
@@ -68,7 +68,7 @@ from torch.distributions.transforms import StickBreakingTransform
 
 from pyro_attention.guides import AutoAlignmentGuide
 from pyro_attention.infer import get_method
-from pyro_attention.infer.fit import guarded_step
+from pyro_attention.infer.fit import GuardedStep
 from pyro_attention.models import BayesianGMM
 
 SITES = ("weights", "precisions", "locs")
@@ -371,10 +371,12 @@ def time_config(n: int, k: int, covariance: str, guide_kind: str, args: argparse
             )
             return svi_jit.step(data)
 
+    guarded_step = GuardedStep(svi)
+
     def fit_step() -> float:  # the step fit() takes: guarded, Pyro's checks on step 1 only
         with pyro.validation_enabled(False):
-            value = guarded_step(svi, data)
-        return math.nan if value is None else value
+            value, applied = guarded_step(data)
+        return value if applied else math.nan
 
     variants = [
         Variant("torch", torch_step),

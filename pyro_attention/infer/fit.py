@@ -4,9 +4,9 @@
 (:data:`RUNNERS`, named by :attr:`InferenceMethod.runner`) in the fit's own Pyro param store,
 so two fits in one process never share parameters. The SVI runner builds
 ``SVI(method.prepare(model), method.guide(model_obj), optim, method.loss())`` and steps it with a
-progress bar, optional atomic checkpoints that a later call resumes from, and a guard that stops
-at the first non-finite loss or parameter with the last good parameters restored
-(:class:`NonFiniteLossError`).
+progress bar, optional atomic checkpoints that a later call resumes from, and a guard
+(:class:`GuardedStep`) that stops at the first non-finite loss or gradient, keeping the last
+parameters whose loss was finite (:class:`NonFiniteLossError`).
 """
 
 from __future__ import annotations
@@ -146,27 +146,64 @@ def _check_int(value: Any, name: str, low: int) -> int:
     return value
 
 
-def guarded_step(svi: SVI, *args: Any, **kwargs: Any) -> float | None:
-    """:meth:`pyro.infer.SVI.step` that applies the update only when the loss and every
-    gradient are finite: the loss, or None (parameters untouched) when one is not.
+class GuardedStep:
+    """``fit()``'s SVI step: :meth:`pyro.infer.SVI.step` that applies an update only when the
+    loss and every gradient are finite, and otherwise keeps the last parameters whose loss was
+    finite.
 
-    One check fused into a single device synchronisation on the happy path, and no copy of the
-    parameters: a non-finite step is caught before the optimiser sees it.
+    The check is fused into one device synchronisation. Before each update the parameters are
+    copied, by one fused ``torch._foreach_copy_`` into buffers allocated once (no
+    synchronisation, no allocation), so that when a loss turns non-finite -- an update from
+    finite gradients can move a parameter where the model is undefined, e.g. a scale below
+    zero -- the parameters it was computed at are replaced by those before that update. When
+    only a gradient is non-finite, the current parameters (whose loss was finite) stay.
+
+    :param svi: the :class:`~pyro.infer.SVI` object (its model, guide, loss and optimiser).
     """
-    with poutine.trace(param_only=True) as capture:
-        loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
-    params = {
-        value.unconstrained()
-        for site in capture.trace.nodes.values()
-        if (value := site["value"]) is not None
-    }
-    value = float(loss[0] if isinstance(loss, tuple) else loss)  # e.g. RWS's pair of losses
-    checks = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
-    finite = math.isfinite(value) and (not checks or bool(torch.stack(checks).all()))
-    if finite:
-        svi.optim(params)
-    pyro.infer.util.zero_grads(params)
-    return value if finite else None
+
+    def __init__(self, svi: SVI) -> None:
+        self.svi = svi
+        self._params: list[torch.Tensor] = []
+        self._saved: list[torch.Tensor] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[float, bool]:
+        """One step on ``args``: ``(loss, applied)``; not applied when the loss or a gradient
+        is not finite (then the parameters are as described above)."""
+        svi = self.svi
+        with poutine.trace(param_only=True) as capture, warnings.catch_warnings():
+            # Pyro's "Encountered NaN" warning: the status and NonFiniteLossError say it
+            warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
+            loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
+        params = sorted(
+            {
+                value.unconstrained()
+                for site in capture.trace.nodes.values()
+                if (value := site["value"]) is not None
+            },
+            key=id,
+        )
+        value = float(loss[0] if isinstance(loss, tuple) else loss)  # e.g. RWS's pair
+        checks = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+        applied = math.isfinite(value) and (not checks or bool(torch.stack(checks).all()))
+        if applied:
+            self._save(params)
+            svi.optim(set(params))
+        elif not math.isfinite(value) and self._saved:
+            with torch.no_grad():  # back to the parameters of the last finite loss
+                torch._foreach_copy_([p.detach() for p in self._params], self._saved)
+        pyro.infer.util.zero_grads(set(params))
+        return value, applied
+
+    def _save(self, params: list[torch.Tensor]) -> None:
+        same = len(params) == len(self._params) and all(
+            p is q and p.shape == s.shape
+            for p, q, s in zip(params, self._params, self._saved, strict=True)
+        )
+        if not same:
+            self._params = params
+            self._saved = [torch.empty_like(p, requires_grad=False) for p in params]
+        with torch.no_grad():
+            torch._foreach_copy_(self._saved, [p.detach() for p in params])
 
 
 def _load_params(saved: ParamState) -> None:
@@ -423,6 +460,7 @@ def _svi_phase(
     points_seen = points_before
     step_points: list[int] = []
     status = "ok"
+    guarded_step = GuardedStep(svi)
     t0 = time.perf_counter()
     bar = tqdm(range(start, num_steps), desc=method.name, disable=not progress, leave=False)
     for step in bar:
@@ -434,9 +472,13 @@ def _svi_phase(
         # Pyro's argument and support checks on the first step of a run only: later steps
         # trace the same model and guide on data check_data has already checked
         with pyro.validation_enabled(is_validation_enabled() and step == start):
-            value = guarded_step(svi, step_data, **kwargs)
-        if value is None:
-            status = f"warn: non-finite loss at step {step}; the parameters before it are kept"
+            value, applied = guarded_step(step_data, **kwargs)
+        if not applied:
+            what = "loss" if not math.isfinite(value) else "gradient"
+            status = (
+                f"warn: non-finite {what} at step {step}; the parameters of the last finite "
+                "loss are kept"
+            )
             break
         losses.append(value)
         points_seen += points_per_step

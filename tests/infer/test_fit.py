@@ -4,8 +4,10 @@ import json
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from pyro.infer import SVI
 from pyro.optim import ClippedAdam
 
@@ -108,7 +110,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(device, tmp_path):
 
     gmm.model = poisoned
     path = tmp_path / "nan.pt"
-    with pytest.raises(NonFiniteLossError, match="non-finite loss at step") as info:
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+") as info:
         fit(gmm, data, "enum", num_steps=50, progress=False, checkpoint=path)
     result = info.value.result
     assert result.steps >= 1 and all(torch.isfinite(torch.tensor(result.losses)))
@@ -145,7 +147,7 @@ def test_a_non_finite_gradient_leaves_the_parameters_of_the_step_before(device):
         return model
 
     gmm.model = poisoned_after(12)
-    with pytest.raises(NonFiniteLossError, match="non-finite loss at step") as info:
+    with pytest.raises(NonFiniteLossError, match="non-finite gradient at step") as info:
         fit(gmm, data, "enum", num_steps=50, progress=False, seed=3)
     cut = info.value.result
     gmm.model = poisoned_after(10**9)
@@ -158,6 +160,32 @@ def test_a_non_finite_gradient_leaves_the_parameters_of_the_step_before(device):
     assert after_cut.keys() == after_clean.keys() and "poison_scale" in after_cut
     for name, value in after_cut.items():
         assert torch.isfinite(value).all() and torch.equal(value, after_clean[name]), name
+
+
+def test_a_loss_made_non_finite_by_an_update_keeps_the_parameters_before_it(device):
+    """An update from finite gradients can move a parameter where the model is undefined
+    (here a parameter under a square root goes negative): the parameters kept are those of the
+    last finite loss, which score finitely, not those the update produced."""
+    data = torch.randn(100, generator=torch.Generator().manual_seed(0)).to(device) - 3.0
+
+    def model(data):
+        a = pyro.param("a", data.new_tensor(1.0))
+        mu = pyro.sample("mu", dist.Normal(data.new_tensor(0.0), 1.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("obs", dist.Normal(mu + torch.sqrt(a), 1.0), obs=data)
+
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step") as info:
+        fit(model, data, "map", num_steps=300, lr=0.05, progress=False, seed=0)
+    cut = info.value.result
+    with cut.scope():
+        kept = pyro.param("a").item()
+        mu = pyro.param("AutoAlignmentGuide.global_guide.mu")
+        trace = poutine.trace(poutine.condition(model, {"mu": mu}))
+        log_joint = trace.get_trace(data).log_prob_sum()
+    assert kept > 0 and torch.isfinite(log_joint)
+    clean = fit(model, data, "map", num_steps=cut.steps - 1, lr=0.05, progress=False, seed=0)
+    with clean.scope():
+        assert pyro.param("a").item() == kept  # the parameters the last finite loss was at
 
 
 def test_closed_form_and_nuts_results(device):

@@ -39,16 +39,16 @@ def _rows(folder):
 def test_resume_after_an_interrupt_gives_the_uninterrupted_result(tmp_path, monkeypatch):
     _compare(tmp_path / "whole")
 
-    step = fit_module.guarded_step
+    step = fit_module.GuardedStep.__call__
     calls = {"n": 0}
 
-    def interrupting_step(svi, *args, **kwargs):
+    def interrupting_step(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 120:  # past the checkpoint at step 100 of enum
             raise KeyboardInterrupt
-        return step(svi, *args, **kwargs)
+        return step(self, *args, **kwargs)
 
-    monkeypatch.setattr(fit_module, "guarded_step", interrupting_step)
+    monkeypatch.setattr(fit_module.GuardedStep, "__call__", interrupting_step)
     with pytest.raises(KeyboardInterrupt):
         _compare(tmp_path / "cut")
     summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
@@ -58,11 +58,11 @@ def test_resume_after_an_interrupt_gives_the_uninterrupted_result(tmp_path, monk
     assert (tmp_path / "cut" / ".checkpoint-enum.pt").exists()
     assert not (tmp_path / "cut" / ".lock").exists()
 
-    def counting_step(svi, *args, **kwargs):
+    def counting_step(self, *args, **kwargs):
         calls["n"] += 1
-        return step(svi, *args, **kwargs)
+        return step(self, *args, **kwargs)
 
-    monkeypatch.setattr(fit_module, "guarded_step", counting_step)
+    monkeypatch.setattr(fit_module.GuardedStep, "__call__", counting_step)
     calls["n"] = 0
     resumed = _compare(tmp_path / "cut", resume=True)
     assert resumed.resumed == ["cavi"]
