@@ -8,6 +8,8 @@ For a query ``q`` and keys ``k_1..k_K`` with log prior :math:`\\log\\pi_k`, Baye
 * ``kind="gaussian"``, :math:`p(q \\mid k) = N(q; k_k, \\sigma^2 I)`:
   :math:`\\log p(k \\mid q) = q\\cdot k_k/\\sigma^2 - \\lVert k_k\\rVert^2/(2\\sigma^2) +
   \\log\\pi_k + c(q)`, i.e. softmax attention with scale :math:`1/\\sigma^2` plus a bias per key.
+  Queries and keys far from the origin are first centred on the keys' mean (the posterior
+  depends on :math:`q - k_k` only), so the two terms do not cancel to noise in float32.
 * ``kind="bernoulli"``, :math:`p(x \\mid k) = \\prod_d \\mathrm{Bern}(x_d; \\mu_{kd})^{m_d}`
   with keys given as logits :math:`\\ell_k = \\mathrm{logit}(\\mu_k)` and an observed mask
   ``m``: :math:`\\log p(k \\mid x) = (m\\odot x)\\cdot\\ell_k - m\\cdot
@@ -292,14 +294,26 @@ class MixtureAttention(nn.Module):
             m = observed.to(query.dtype).expand_as(query)
             # unobserved entries are ignored, whatever they hold (even NaN)
             query = torch.where(m > 0, query, torch.zeros((), dtype=query.dtype))
-        peaks = []  # max |x|: NaN or inf exactly when x holds one (aminmax: one fast pass)
+        peaks = {}  # max |x|: NaN or inf exactly when x holds one (aminmax: one fast pass)
         for arg, x in (("query", query), ("key", key), ("value", value)):
             low, high = torch.aminmax(x.detach()) if x.numel() else (x.new_zeros(()),) * 2
             peak = float(torch.maximum(-low, high))  # propagates NaN
             if not math.isfinite(peak):
                 where = " where observed" if arg == "query" and m is not None else ""
                 raise ValueError(f"{arg} contains NaN or inf{where}; attention needs finite inputs")
-            peaks.append(peak)
+            peaks[arg] = peak
+        if self.kind == "gaussian":
+            # q·k and |k|²/2 are formed apart: with queries and keys at an offset c from the
+            # origin they carry about eps * scale * D * |c|² of rounding that cancels to noise.
+            # p(k | q) depends on q - k only, so such inputs are centred on the keys' mean.
+            wide = torch.promote_types(torch.result_type(query, key), torch.float32)
+            center = key.detach().mean(-2, keepdim=True, dtype=wide)
+            offset = float(center.abs().amax())  # inf when the sum overflowed: left as is
+            if 1e-6 < torch.finfo(wide).eps * self.sigma**-2 * D * offset**2 < math.inf:
+                center = center.to(key.dtype)
+                query, key = query - center, key - center
+                if m is not None:  # unobserved entries stay out of the dot products
+                    query = torch.where(m > 0, query, torch.zeros((), dtype=query.dtype))
 
         if self.kind == "bernoulli" and not ((query == 0) | (query == 1)).all():
             raise ValueError(
@@ -349,7 +363,7 @@ class MixtureAttention(nn.Module):
                 f"expected at most {tuple(q.shape[:-3])}"
             )
         mh = None if m is None else _split_heads(m, H)
-        return _Heads(q, k, v, mh, log_prior, key_mask, peaks[0], peaks[1])
+        return _Heads(q, k, v, mh, log_prior, key_mask, peaks["query"], peaks["key"])
 
     def _scale_and_bias(self, heads: _Heads, dtype: torch.dtype) -> tuple[float, torch.Tensor]:
         """The logits are ``scale * q @ k.T + bias``: the scale and the per-key bias

@@ -453,3 +453,23 @@ def test_gradients_through_the_key_bias_match_bayes_rule(device, kind, num_heads
     for got, expected in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(got, expected, **tol)
     assert grads[1][2].abs().sum() > 0 and grads[1][4].abs().sum() > 0
+
+
+@pytest.mark.parametrize("with_observed", [False, True])
+def test_gaussian_inputs_far_from_the_origin_lose_no_precision(device, with_observed):
+    """Queries and keys at 1e4 with a spread of 0.5, in float32: the dot-product form
+    ``q·k - |k|²/2`` would cancel to noise; the output and every gradient match float64."""
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(2, 10, 4, generator=g) * 0.5 + 1e4  # float32 values, exact in float64
+    q = k[:, :3] + 0.1 * torch.randn(2, 3, 4, generator=g)
+    v = torch.randn(2, 10, 6, generator=g)
+    log_prior = torch.randn(2, 10, generator=g)
+    observed = (torch.rand(2, 3, 4, generator=g) > 0.3).to(device) if with_observed else None
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        inputs = [x.to(device, dtype).detach().requires_grad_() for x in (q, k, v, log_prior)]
+        out = MixtureAttention("gaussian")(*inputs[:3], log_prior=inputs[3], observed=observed)
+        out.square().sum().backward()
+        results.append([out.detach().double()] + [x.grad.double() for x in inputs])
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
