@@ -886,10 +886,13 @@ def _kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
 
 
 def kmeans_responsibilities(data: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """Hard ``(N, K)`` responsibilities from seeded k-means++ and a few Lloyd iterations."""
+    """Hard ``(N, K)`` responsibilities from seeded k-means++ and a few Lloyd iterations,
+    computed in float64 whatever the data's dtype (so that float32 data and a float64 copy
+    start from the same assignments), returned in the data's dtype."""
     generator = torch.Generator(device=data.device)
     generator.manual_seed(int(seed))
-    x = data - data.mean(0)
+    x = data.to(torch.float64)
+    x = x - x.mean(0)
     centers = _kmeans_plusplus(x, k, generator)
     for _ in range(_KMEANS_LLOYD_ITERS):
         onehot = torch.nn.functional.one_hot(_sq_dist(x, centers).argmin(1), k).to(x.dtype)
