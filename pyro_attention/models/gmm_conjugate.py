@@ -1117,7 +1117,17 @@ def cavi(
                 converged = True
                 break
             previous = value
-    return CAVIResult(_posterior_like(post, data), trace, len(trace), converged, resp)
+    fitted = _posterior_like(post, data)
+    if fitted is not post:
+        try:
+            _posterior_terms(fitted)
+        except ValueError:
+            raise ValueError(
+                f"the fitted posterior cannot be held in {data.dtype}: a covariance is too "
+                "ill-conditioned for it (is the prior's mean or scale far from the data's?); "
+                "fit float64 data, or use a prior centred and scaled like the data"
+            ) from None
+    return CAVIResult(fitted, trace, len(trace), converged, resp)
 
 
 # ----------------------------------------------------------------------------------------------

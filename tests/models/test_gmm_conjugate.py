@@ -785,3 +785,17 @@ def test_float32_data_and_a_float64_copy_start_and_end_alike(device: torch.devic
     )
     fits = [cavi(x32, prior32, 5, tol=1e-8), cavi(x32.double(), prior, 5, tol=1e-8)]
     assert abs(fits[0].elbo_trace[-1] - fits[1].elbo_trace[-1]) < 1e-3 * len(x64)
+
+
+def test_a_posterior_float32_cannot_hold_is_refused_with_the_fix(device: torch.device) -> None:
+    """Data at 1e6 under a prior centred at 0: the posterior covariances hold a 1e12 rank-one
+    term next to a spread of 1, fine in float64, not positive definite once cast to float32."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 2, generator=g) + torch.randint(3, (500, 1), generator=g) * 4.0 + 1e6
+    x = x.to(device)  # float32
+    prior = GMMPrior.default(2, "full", dtype=F64, device=device)
+    fit64 = cavi(x.double(), prior, 3)
+    assert fit64.posterior.covariance.dtype == F64 and math.isfinite(fit64.elbo_trace[-1])
+    prior32 = GMMPrior.default(2, "full", dtype=torch.float32, device=device)
+    with pytest.raises(ValueError, match=r"cannot be held in torch\.float32.*fit float64 data"):
+        cavi(x, prior32, 3)
