@@ -226,21 +226,45 @@ class DiagonalNormal(dist.TorchDistribution):
     def __init__(
         self, loc: torch.Tensor, scale: torch.Tensor, validate_args: bool | None = None
     ) -> None:
+        loc = torch.as_tensor(loc)
+        scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
         if loc.dim() < 1 or scale.dim() < 1:
-            raise ValueError("loc and scale need an event dim (..., D)")
-        event = torch.broadcast_shapes(loc.shape[-1:], scale.shape[-1:])
-        batch = torch.broadcast_shapes(loc.shape[:-1], scale.shape[:-1])
+            raise ValueError(
+                f"loc and scale need an event dim (..., D), got shapes {tuple(loc.shape)} and "
+                f"{tuple(scale.shape)}; for a scalar normal use pyro.distributions.Normal"
+            )
+        try:
+            event = torch.broadcast_shapes(loc.shape[-1:], scale.shape[-1:])
+            batch = torch.broadcast_shapes(loc.shape[:-1], scale.shape[:-1])
+        except RuntimeError:
+            raise ValueError(
+                f"loc {tuple(loc.shape)} and scale {tuple(scale.shape)} do not broadcast"
+            ) from None
         self.loc, self.scale = loc, scale
         super().__init__(batch, event, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        try:
+            fits = torch.broadcast_shapes(self.batch_shape, batch_shape) == batch_shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"cannot expand DiagonalNormal of batch shape {tuple(self.batch_shape)} to "
+                f"{tuple(batch_shape)}"
+            )
         new = self._get_checked_instance(DiagonalNormal, _instance)
         new.loc, new.scale = self.loc, self.scale
-        super(DiagonalNormal, new).__init__(
-            torch.Size(batch_shape), self.event_shape, validate_args=False
-        )
+        super(DiagonalNormal, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
+
+    def entropy(self) -> torch.Tensor:
+        """:math:`\\sum_d \\log\\sigma_d + \\tfrac D2 (1 + \\log 2\\pi)`."""
+        d = self.event_shape[0]
+        log_scale = self.scale.log().expand(*self.scale.shape[:-1], d).sum(-1)
+        return (log_scale + 0.5 * d * (1.0 + math.log(2 * math.pi))).expand(self.batch_shape)
 
     @property
     def mean(self) -> torch.Tensor:

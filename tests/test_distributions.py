@@ -141,5 +141,13 @@ def test_diagonal_normal_samples_and_checks(device):
     torch.testing.assert_close(draws.mean((0, 1)), loc[0], atol=0.05, rtol=0)
     torch.testing.assert_close(draws.std((0, 1)), scale[0], atol=0.05, rtol=0)
     assert d.mean.shape == d.variance.shape == (3, 2)
+    reference = dist.Normal(loc, scale).to_event(1).expand((3,))
+    torch.testing.assert_close(d.entropy(), reference.entropy())
     with pytest.raises(ValueError, match="scale"):
         DiagonalNormal(loc, -scale, validate_args=True)
+    with pytest.raises(ValueError, match=r"cannot expand .* \(3,\) to \(5,\)"):
+        d.expand((5,))
+    with pytest.raises(ValueError, match="need an event dim"):
+        DiagonalNormal(0.0, 1.0)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        DiagonalNormal(loc, torch.ones(3, device=device, dtype=torch.float64))

@@ -76,7 +76,7 @@ def trace_model(model_obj: AlignmentModel, data: Any, *, log_prob: bool = False)
         raise ValueError(
             f"{model_obj.name}: the model fails on this data ({type(err).__name__}: {first}); "
             "check the data (NaN, values outside the likelihood's support, the shape and type "
-            "the model expects)"
+            "the model expects) and the model's own arguments to its distributions"
             + (f"; the data are {data.dtype}: use data.float()" if half else "")
         ) from err
 
