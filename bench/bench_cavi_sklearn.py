@@ -16,8 +16,10 @@ optimum, and once end to end from our own seeded k-means++ start. Reported: wall
 iterations, time ratios (sklearn / ours), time per iteration ratios (initialisation excluded),
 and the final bound of each fit as the *same* quantity: our closed-form :func:`elbo` evaluated
 on scikit-learn's fitted posterior (``covariances_ * degrees_of_freedom_`` = Psi_k,
-responsibilities from ``predict_proba``) and on ours. Ratios are from one run on one machine;
-nothing here is a test.
+responsibilities from ``predict_proba``) and on ours. Each fit runs ``--rounds`` times (3),
+interleaved with the order rotating; the fit of median time is reported and the ratios are the
+medians of each round's ratios (sklearn and ours in one round share the machine's load); the
+JSON keeps each round's. Ratios are from one machine; nothing here is a test.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
@@ -189,6 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-iter", type=int, default=1000, help="iteration cap for both")
     parser.add_argument("--seed", type=int, default=0, help="data and initialisation seed")
     parser.add_argument("--separation", type=float, default=1.0, help="scale of the true means")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="fits of each, interleaved; medians reported"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
         "--threads", type=int, default=None, help="limit torch and BLAS threads (default: all)"
@@ -219,13 +225,22 @@ def main(argv: list[str] | None = None) -> dict:
     cavi(x64[:2000], prior64, k, max_iter=3)
     cavi(x32[:2000], prior32, k, max_iter=3)
 
-    sk = fit_sklearn(x_np, k, hyper, args)
     shared = sklearn_start(x_np, k, args.seed)
+    fitters = {
+        "sklearn": lambda: fit_sklearn(x_np, k, hyper, args),
+        "ours f64": lambda: fit_ours(x64, prior64, k, args, start=shared),
+        "ours f32": lambda: fit_ours(x32, prior32, k, args, start=shared),
+        "ours f64 own": lambda: fit_ours(x64, prior64, k, args),
+    }
+    names = list(fitters)
+    rounds: dict[str, list[dict]] = {name: [] for name in names}
+    for r in range(args.rounds):  # interleaved, the order rotating: load changes hit all
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            rounds[name].append(fitters[name]())
+    # the round of median time stands for each fit; the ratios are medians of each round's
     runs = {
-        "sklearn": sk,
-        "ours f64": fit_ours(x64, prior64, k, args, start=shared),
-        "ours f32": fit_ours(x32, prior32, k, args, start=shared),
-        "ours f64 own": fit_ours(x64, prior64, k, args),
+        name: sorted(fits, key=lambda run: run["time_s"])[(len(fits) - 1) // 2]
+        for name, fits in rounds.items()
     }
 
     def bound_of(run: dict) -> float:
@@ -255,8 +270,10 @@ def main(argv: list[str] | None = None) -> dict:
     options = {k_: str(v) if isinstance(v, Path) else v for k_, v in vars(args).items()}
     figures: dict = {"args": options, "fits": {}}
     for name, run in runs.items():
-        time_ratio = sk["time_s"] / run["time_s"]
-        iter_ratio = per_iter(sk) / per_iter(run)
+        pairs = list(zip(rounds["sklearn"], rounds[name], strict=True))  # same round, same load
+        time_ratio = statistics.median(a["time_s"] / b["time_s"] for a, b in pairs)
+        iter_ratios = [per_iter(a) / per_iter(b) for a, b in pairs]
+        iter_ratio = statistics.median(iter_ratios)
         diff = (bounds[name] - bound_sk) / args.n
         print(
             f"{name:<14}{run['time_s']:>9.2f}{run['init_s']:>9.2f}{run['n_iter']:>7d}"
@@ -273,10 +290,12 @@ def main(argv: list[str] | None = None) -> dict:
             "time_per_iter_ratio_sklearn_over_this": iter_ratio,
             "bound_nats": bounds[name],
             "bound_minus_sklearn_per_point": diff,
+            "time_per_iter_ratio_each_round": iter_ratios,
         }
     print(
-        "t ratio = sklearn time / this time; it ratio = the same per iteration, initialisation "
-        "excluded; bound = our closed-form ELBO (total nats) at each fit's posterior.\n"
+        f"times: the median of {args.rounds} interleaved rounds; t ratio = sklearn time / this "
+        "time, it ratio = the same per iteration (initialisation excluded), each the median of "
+        "the rounds' ratios; bound = our closed-form ELBO (total nats) at each fit's posterior.\n"
         "ours f64/f32 start from sklearn's own KMeans(n_init=1) labels (its cost counted as "
         "init); 'own' from our seeded k-means++ (torch)."
     )

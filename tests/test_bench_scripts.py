@@ -14,7 +14,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 TINY = {  # script: (options, the flag that names the JSON file)
-    "bench_cavi_sklearn.py": (["--n", "2000", "--dim", "3", "--components", "3"], "--json"),
+    "bench_cavi_sklearn.py": ("--n 2000 --dim 3 --components 3 --rounds 2".split(), "--json"),
     "bench_pyro_overhead.py": (
         "--n 200 --k 2 --covariance diag --guides delta --rounds 1 --steps 2 --warmup 1".split(),
         "--json",
