@@ -439,7 +439,7 @@ def _data_moments(data: torch.Tensor, full: bool, num_components: int) -> _Momen
 
 
 class _Sums(NamedTuple):
-    r"""Sums over points of :math:`r_{nk}`, :math:`r_{nk} x_n` and :math:`r_{nk} x_n x_n^\\top`
+    r"""Sums over points of :math:`r_{nk}`, :math:`r_{nk} x_n` and :math:`r_{nk} x_n x_n^\top`
     (packed upper triangles, ``(D, D)`` blocks or diagonals) about the data mean; they add up
     over chunks of the data."""
 
@@ -1053,17 +1053,18 @@ def cavi(
     r"""Coordinate-ascent variational inference for the Bayesian Gaussian mixture.
 
     Each iteration is one E-step (:func:`update_responsibilities`) and one M-step
-    (:func:`update_posterior`), both batched over points and components; then the full
-    :func:`elbo` of the pair. Stops when the ELBO changes by less than ``tol`` total nats
-    (scikit-learn's ``BayesianGaussianMixture`` convention) or after ``max_iter`` iterations.
+    (:func:`update_posterior`), computed together in one pass over chunks of rows in feature
+    space (:class:`_Features`); then the full :func:`elbo` of the pair. Stops when the ELBO
+    changes by less than ``tol`` total nats (scikit-learn's ``BayesianGaussianMixture``
+    convention) or after ``max_iter`` iterations.
 
     :param data: ``(N, D)`` float tensor; the result follows its device and dtype.
     :param prior: :class:`GMMPrior` of dimension ``D``.
     :param num_components: :math:`K \le N`.
     :param max_iter: maximum number of iterations.
-    :param tol: convergence threshold on the ELBO change, total nats. The sufficient statistics
-        and the bound are accumulated in float64 whatever the data's dtype (the E-step runs in
-        it), so float32 data converge like float64 data.
+    :param tol: convergence threshold on the ELBO change, total nats. Everything is computed
+        in float64 whatever the data's dtype, so float32 data converge like float64 data; a
+        posterior that the data's dtype cannot hold is refused.
     :param init_responsibilities: ``(N, K)``; default: hard k-means++ assignments (seeded, then
         a few Lloyd iterations).
     :param seed: seed of the k-means++ ``torch.Generator``.
@@ -1078,9 +1079,6 @@ def cavi(
     else:
         resp = _check_responsibilities(init_responsibilities, data, k, "init_responsibilities")
     full = prior.covariance_type == "full"
-    # The statistics (one (K, N) @ (N, D(D+1)/2) product) are accumulated in float64 whatever the
-    # data's dtype: the bound of a large float32 data set is otherwise resolved only to about
-    # 1e-6 of its size, far coarser than a tol in nats, and float32 runs would not stop.
     # Everything is computed in float64 whatever the data's dtype: the bound of a large float32
     # data set is otherwise resolved only to about 1e-6 of its size, far coarser than a tol in
     # nats, and float32 runs would not stop.
