@@ -194,6 +194,18 @@ class GuardedStep:
         pyro.infer.util.zero_grads(set(params))
         return value, applied
 
+    def finish(self) -> bool:
+        """After the last step: False, with the parameters put back to those before the last
+        update, when that update left one non-finite (no later loss would have shown it)."""
+        if not self._params:
+            return True
+        checks = [torch.isfinite(p).all() for p in self._params]
+        if bool(torch.stack(checks).all()):
+            return True
+        with torch.no_grad():
+            torch._foreach_copy_([p.detach() for p in self._params], self._saved)
+        return False
+
     def _save(self, params: list[torch.Tensor]) -> None:
         same = len(params) == len(self._params) and all(
             p is q and p.shape == s.shape
@@ -496,6 +508,10 @@ def _svi_phase(
                 points_seen,
                 model_obj.num_points(data),
             )
+    if status == "ok" and not guarded_step.finish():
+        status = (
+            "warn: the last update left a parameter non-finite; the parameters before it are kept"
+        )
     seconds = seconds_before + time.perf_counter() - t0
     steps_done = len(losses)
     if checkpoint is not None:  # after a non-finite step the optimiser's moments may be NaN

@@ -1,6 +1,7 @@
 """The fit loop: checkpoint/resume, the non-finite guard, method objects by hand."""
 
 import json
+import math
 
 import numpy as np
 import pyro
@@ -8,7 +9,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import SVI
+from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 
 from pyro_attention.data import load_gmm2d
@@ -186,6 +187,32 @@ def test_a_loss_made_non_finite_by_an_update_keeps_the_parameters_before_it(devi
     clean = fit(model, data, "map", num_steps=cut.steps - 1, lr=0.05, progress=False, seed=0)
     with clean.scope():
         assert pyro.param("a").item() == kept  # the parameters the last finite loss was at
+
+
+def test_an_update_that_leaves_a_parameter_non_finite_is_undone_at_the_end(device):
+    """No later loss shows a non-finite parameter left by the last update: ``finish()`` does,
+    and puts back the parameters that update started from."""
+    from pyro_attention.infer.fit import GuardedStep
+
+    data = torch.randn(20, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def model(data):
+        loc = pyro.param("loc", data.new_tensor(0.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("obs", dist.Normal(loc, 1.0), obs=data)
+
+    pyro.clear_param_store()
+    step = GuardedStep(SVI(model, lambda data: None, ClippedAdam({"lr": 0.1}), Trace_ELBO()))
+    value, applied = step(data)
+    assert applied and math.isfinite(value) and step.finish()
+    before = pyro.param("loc").item()
+    step(data)
+    with torch.no_grad():
+        pyro.param("loc").unconstrained().fill_(math.inf)  # as an overflowing update would
+    assert not step.finish()
+    assert pyro.param("loc").item() == before  # what the last update started from
+    value, applied = step(data)  # the restored parameters step on
+    assert applied and math.isfinite(value)
 
 
 def test_closed_form_and_nuts_results(device):
