@@ -27,8 +27,11 @@ size :math:`D` becomes :math:`D` normal-gamma blocks of size 1.
 eqs. 10.46–10.63); :func:`elbo` is the full evidence lower bound with every normalising constant
 (eqs. 10.70–10.77), in total nats, so it bounds :math:`\log p(X)` and is comparable with a Pyro
 ``Trace_ELBO`` of the same model. :func:`em` is maximum-likelihood EM with scikit-learn's
-``GaussianMixture`` conventions. All updates are batched over points and components, on the
-data's device and dtype; log-determinants and solves go through Cholesky factors.
+``GaussianMixture`` conventions. Both iterate in feature space: about the data mean, the
+log responsibilities are linear in :math:`\psi_n = [\text{packed } x_n x_n^\top, x_n]` and the
+statistics are their weighted sums, so an iteration is two matrix products per cache-sized
+chunk of rows (:class:`_Features`), computed in float64 on the data's device and returned in
+the data's dtype; log-determinants and precisions go through Cholesky factors.
 
 Example::
 
@@ -417,27 +420,6 @@ class _Terms(NamedTuple):
     e_log_weights: torch.Tensor  # (K,)  E_q log pi_k
 
 
-class _Moments(NamedTuple):
-    """What the statistics need of the data alone, computed once per fit."""
-
-    center: torch.Tensor  # (D,) the data mean
-    x: torch.Tensor  # (N, D) centred data
-    outer: torch.Tensor | None  # (N, D(D+1)/2) upper triangles of x_n x_n^T, or None
-    triu: torch.Tensor | None  # (2, D(D+1)/2) their indices
-
-
-def _data_moments(data: torch.Tensor, full: bool, num_components: int) -> _Moments:
-    """Centre the data; for full covariances with ``(D + 1)/2 <= K`` also store the packed outer
-    products (no larger than the ``(N, K, D)`` temporary they save at every iteration)."""
-    center = data.mean(0)
-    x = data - center
-    d = x.shape[1]
-    if full and (d + 1) <= 2 * num_components:
-        triu = torch.triu_indices(d, d, device=data.device)
-        return _Moments(center, x, x[:, triu[0]] * x[:, triu[1]], triu)
-    return _Moments(center, x, None, None)
-
-
 class _Sums(NamedTuple):
     r"""Sums over points of :math:`r_{nk}`, :math:`r_{nk} x_n` and :math:`r_{nk} x_n x_n^\top`
     (packed upper triangles, ``(D, D)`` blocks or diagonals) about the data mean; they add up
@@ -454,38 +436,18 @@ class _Sums(NamedTuple):
         return _Sums(nk, sx, second)
 
 
-def _moment_sums(
-    x: torch.Tensor, resp: torch.Tensor, full: bool, outer: torch.Tensor | None
-) -> _Sums:
-    """:class:`_Sums` of centred points ``x (N, D)``: ``r^T @ outer`` with their packed outer
-    products when given, else one ``(D, N) @ (N, K*D)`` product (full) or ``r^T @ x²`` (diag)."""
-    n, d = x.shape
-    k = resp.shape[1]
-    if not full:
-        second = resp.mT @ x.square()
-    elif outer is not None:
-        second = resp.mT @ outer  # (K, D(D+1)/2)
-    else:
-        second = x.mT @ (resp.unsqueeze(-1) * x.unsqueeze(1)).reshape(n, k * d)
-        second = second.reshape(d, k, d).transpose(0, 1)  # sum_n r_nk x_n x_n^T
-    return _Sums(resp.sum(0), resp.mT @ x, second)
-
-
-def _stats_from_sums(sums: _Sums, moments: _Moments, full: bool) -> _Stats:
-    """Counts, means and scatter matrices from :class:`_Sums` about ``moments.center``."""
+def _stats_from_sums(sums: _Sums, center: torch.Tensor, triu: torch.Tensor | None) -> _Stats:
+    """Counts, means and scatter matrices from :class:`_Sums` about ``center``; ``triu`` the
+    indices of the packed upper triangles (full covariances), None for diagonal ones."""
     nk, sx, second = sums
     k, d = sx.shape
     denom = nk + 10.0 * torch.finfo(sx.dtype).eps
     xbar = sx / denom[:, None]
-    if full:
-        if second.dim() == 2:  # packed upper triangles
-            triu = moments.triu
-            if triu is None:
-                triu = torch.triu_indices(d, d, device=second.device)
-            packed = second
-            second = packed.new_zeros(k, d, d)
-            second[:, triu[0], triu[1]] = packed
-            second[:, triu[1], triu[0]] = packed
+    if triu is not None:
+        packed = second
+        second = packed.new_zeros(k, d, d)
+        second[:, triu[0], triu[1]] = packed
+        second[:, triu[1], triu[0]] = packed
         cross = xbar.unsqueeze(-1) * sx.unsqueeze(-2)
         scatter = (
             second
@@ -496,21 +458,16 @@ def _stats_from_sums(sums: _Sums, moments: _Moments, full: bool) -> _Stats:
         scatter = 0.5 * (scatter + scatter.mT)
     else:
         scatter = (second - 2.0 * xbar * sx + nk[:, None] * xbar.square()).clamp_min(0.0)
-    return _Stats(nk, xbar + moments.center, scatter)
+    return _Stats(nk, xbar + center, scatter)
 
 
-def _sufficient_stats(
-    data: torch.Tensor, resp: torch.Tensor, full: bool, moments: _Moments | None = None
-) -> _Stats:
-    """Weighted counts, means and scatter matrices, batched over points and components.
-
-    Second moments about the data mean (so the uncentred formula loses no precision to an
-    offset), by :func:`_moment_sums`; :func:`_sufficient_stats_reference` is the direct
-    version."""
-    if moments is None:
-        moments = _data_moments(data, full, 0)
-    sums = _moment_sums(moments.x, resp, full, moments.outer)
-    return _stats_from_sums(sums, moments, full)
+def _sufficient_stats(data: torch.Tensor, resp: torch.Tensor, full: bool) -> _Stats:
+    """Weighted counts, means and scatter matrices, by :class:`_Features`: second moments
+    about the data mean (so the uncentred formula loses no precision to an offset), one
+    ``(K, rows) @ (rows, P + D)`` product per chunk of rows; :func:`_sufficient_stats_reference`
+    is the direct version."""
+    features = _Features.of(data, full)
+    return features.stats(features.weighted_sums(resp))
 
 
 class _Features(NamedTuple):
@@ -569,17 +526,27 @@ class _Features(NamedTuple):
         return _Sums(resp_t.sum(1), moments[:, -d:], moments[:, :-d])
 
     def stats(self, sums: _Sums) -> _Stats:
-        moments = _Moments(self.center, self.x, None, self.triu)
-        return _stats_from_sums(sums, moments, self.triu is not None)
+        return _stats_from_sums(sums, self.center, self.triu)
 
-    def log_rho_coefficients(
-        self, post: GMMVariationalPosterior, terms: _Terms
+    def weighted_sums(self, resp: torch.Tensor) -> _Sums:
+        """:class:`_Sums` of all rows with responsibilities ``resp (N, K)``."""
+        resp_t = resp.to(self.x.dtype).mT
+        k = resp.shape[1]
+        return _Sums.total(self.sums(chunk, resp_t[:, chunk]) for chunk in self.chunks(k))
+
+    def coefficients(
+        self,
+        precision: torch.Tensor,
+        means: torch.Tensor,
+        scale: torch.Tensor,
+        constant: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""``(w (K, P + D), a (K, 1))`` with :math:`\log\rho_{nk} = a_k + w_k\cdot\psi_n`."""
-        d = self.x.shape[1]
-        nu = post.degrees_of_freedom.to(self.x.dtype)
-        means = post.means.to(self.x.dtype) - self.center
-        precision = _precision_matrix(terms.factor.to(self.x.dtype), self.triu is not None)
+        r"""``(w (K, P + D), a (K, 1))`` with :math:`a_k + w_k\cdot\psi_n = c_k - \tfrac12
+        s_k (x_n - m_k)^\top W_k (x_n - m_k)` for precisions ``W (K, D, D)`` (diag:
+        ``(K, D)``), means ``m (K, D)``, scales ``s (K,)`` and constants ``c (K,)``."""
+        dtype = self.x.dtype
+        precision, scale = precision.to(dtype), scale.to(dtype)
+        means = means.to(dtype) - self.center
         if self.triu is None:
             w_means = precision * means
             quadratic = precision  # coefficients of x²
@@ -587,14 +554,47 @@ class _Features(NamedTuple):
             w_means = (precision @ means.unsqueeze(-1)).squeeze(-1)
             i, j = self.triu
             quadratic = precision[:, i, j] * torch.where(i == j, 1.0, 2.0).to(precision)
-        weights = -0.5 * nu[:, None] * torch.cat([quadratic, -2.0 * w_means], 1)
-        offset = (
+        weights = -0.5 * scale[:, None] * torch.cat([quadratic, -2.0 * w_means], 1)
+        offset = constant.to(dtype) - 0.5 * scale * (means * w_means).sum(-1)
+        return weights, offset.unsqueeze(-1)
+
+    def log_rho_coefficients(
+        self, post: GMMVariationalPosterior, terms: _Terms
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""CAVI's :math:`\log\rho_{nk}` (Bishop 10.46 with 10.64-10.66) as
+        :meth:`coefficients`: :math:`s_k = \nu_k`, :math:`c_k = E\log\pi_k + \tfrac12
+        E\log|\Lambda_k| - \tfrac D2 \log 2\pi - \tfrac{D}{2\beta_k}`."""
+        d = self.x.shape[1]
+        precision = _precision_matrix(terms.factor, self.triu is not None)
+        constant = (
             terms.e_log_weights
             + 0.5 * terms.e_log_det
             - 0.5 * d * _LOG_2PI
             - 0.5 * d / post.mean_precision
-        ).to(self.x.dtype) - 0.5 * nu * (means * w_means).sum(-1)
-        return weights, offset.unsqueeze(-1)
+        )
+        return self.coefficients(precision, post.means, post.degrees_of_freedom, constant)
+
+    def responsibilities(
+        self, weights: torch.Tensor, offset: torch.Tensor, out: torch.Tensor
+    ) -> tuple[_Sums, torch.Tensor, torch.Tensor]:
+        r"""One pass over chunks of rows: the normalised responsibilities of
+        :math:`a_k + w_k\cdot\psi_n` into ``out (N, K)``, and the statistics they give
+        (:class:`_Sums`), :math:`\sum_n \log\sum_k e^{a_k + w_k\cdot\psi_n}` and
+        :math:`\sum_{nk} r_{nk} \log r_{nk}`."""
+        k = weights.shape[0]
+        parts = []
+        log_norm = self.x.new_zeros(())
+        neg_entropy = self.x.new_zeros(())
+        for chunk in self.chunks(k):
+            log_joint = self.log_rho(chunk, weights, offset)  # (K, rows)
+            norm = torch.logsumexp(log_joint, dim=0, keepdim=True)
+            log_resp = log_joint - norm
+            r = log_resp.exp()
+            log_norm += norm.sum()
+            neg_entropy += (r * log_resp).sum()
+            parts.append(self.sums(chunk, r))
+            out[chunk] = r.mT
+        return _Sums.total(parts), log_norm, neg_entropy
 
     def log_rho(self, chunk: slice, weights: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         """Unnormalised log responsibilities of the rows ``chunk``, ``(K, rows)``."""
@@ -1083,9 +1083,7 @@ def cavi(
     # data set is otherwise resolved only to about 1e-6 of its size, far coarser than a tol in
     # nats, and float32 runs would not stop.
     features = _Features.of(data.to(torch.float64), full)
-    resp_t = resp.to(torch.float64).mT  # (K, N)
-    sums = _Sums.total(features.sums(chunk, resp_t[:, chunk]) for chunk in features.chunks(k))
-    post = _posterior_from_stats(features.stats(sums), prior)
+    post = _posterior_from_stats(features.stats(features.weighted_sums(resp)), prior)
     terms = _posterior_terms(post)
     resp = torch.empty_like(resp)
     trace: list[float] = []
@@ -1095,16 +1093,8 @@ def cavi(
         for _ in range(max_iter):
             # E-step and the next M-step's statistics in one pass over chunks of rows
             weights, offset = features.log_rho_coefficients(post, terms)
-            neg_entropy = features.x.new_zeros(())
-            parts = []
-            for chunk in features.chunks(k):
-                log_rho = features.log_rho(chunk, weights, offset)  # (K, rows)
-                log_resp = log_rho - torch.logsumexp(log_rho, dim=0, keepdim=True)
-                r = log_resp.exp()
-                neg_entropy += (r * log_resp).sum()
-                parts.append(features.sums(chunk, r))
-                resp[chunk] = r.mT
-            stats = features.stats(_Sums.total(parts))
+            sums, _, neg_entropy = features.responsibilities(weights, offset, resp)
+            stats = features.stats(sums)
             post = _posterior_from_stats(stats, prior)
             terms = _posterior_terms(post)
             value = _elbo_from_stats(stats, neg_entropy, prior, post, terms).item()
@@ -1182,31 +1172,37 @@ _EM_FIX = "increase reg_covar, lower num_components or rescale the data"
 
 
 def _em_m_step(
-    data: torch.Tensor, resp: torch.Tensor, full: bool, reg_covar: float, moments: _Moments
+    features: _Features, sums: _Sums, reg_covar: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weights, means and covariances (``reg_covar`` on the diagonal), scikit-learn's rules."""
-    nk, xbar, scatter = _sufficient_stats(data, resp, full, moments)
-    nk = nk + 10.0 * torch.finfo(data.dtype).eps
+    nk, xbar, scatter = features.stats(sums)
+    nk = nk + 10.0 * torch.finfo(nk.dtype).eps
     weights = nk / nk.sum()
-    if full:
+    if features.triu is not None:
         cov = scatter / nk[:, None, None]
-        cov = cov + reg_covar * torch.eye(data.shape[1], dtype=data.dtype, device=data.device)
+        cov = cov + reg_covar * torch.eye(xbar.shape[1], dtype=cov.dtype, device=cov.device)
     else:
         cov = scatter / nk[:, None] + reg_covar
     return weights, xbar, cov
 
 
 def _em_e_step(
-    data: torch.Tensor, weights: torch.Tensor, means: torch.Tensor, cov: torch.Tensor, full: bool
-) -> tuple[float, torch.Tensor]:
-    """Mean log-likelihood per point and responsibilities, through Cholesky factors."""
-    d = data.shape[1]
+    features: _Features,
+    params: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    resp: torch.Tensor,
+) -> tuple[float, _Sums]:
+    """Mean log-likelihood per point at ``params``, the responsibilities (into ``resp``) and
+    the statistics of the next M-step, in one pass (:meth:`_Features.responsibilities`)."""
+    weights, means, cov = params
+    d = means.shape[1]
+    full = features.triu is not None
     factor, logdet = _whiten_factor(cov, full, "a component covariance", _EM_FIX)
-    quad = _quad_points(data, means, factor, full)
-    log_joint = weights.log() - 0.5 * (d * _LOG_2PI + logdet) - 0.5 * quad
-    log_norm = torch.logsumexp(log_joint, dim=-1, keepdim=True)
-    mean_ll = log_norm.sum(dtype=torch.float64).item() / data.shape[0]
-    return mean_ll, (log_joint - log_norm).exp()
+    constant = weights.log() - 0.5 * (d * _LOG_2PI + logdet)  # log w_k N(x | m_k, Σ_k)
+    coefficients = features.coefficients(
+        _precision_matrix(factor, full), means, torch.ones_like(weights), constant
+    )
+    sums, log_norm, _ = features.responsibilities(*coefficients, resp)
+    return log_norm.item() / resp.shape[0], sums
 
 
 @torch.no_grad()
@@ -1226,8 +1222,8 @@ def em(
 
     M-step: :math:`w_k = N_k/N`, :math:`\mu_k = \bar x_k`, :math:`\Sigma_k = S_k +
     \text{reg\_covar}\, I`; E-step: :math:`r_{nk} \propto w_k\,\mathcal N(x_n\mid\mu_k,\Sigma_k)`
-    through Cholesky factors. Stops when the mean log-likelihood per point changes by less than
-    ``tol``.
+    through Cholesky factors, in feature space and float64 like :func:`cavi`. Stops when the
+    mean log-likelihood per point changes by less than ``tol``.
 
     :param data: ``(N, D)`` float tensor.
     :param num_components: :math:`K \le N`.
@@ -1251,15 +1247,17 @@ def em(
         resp = kmeans_responsibilities(data, k, seed)
     else:
         resp = _check_responsibilities(init_responsibilities, data, k, "init_responsibilities")
-    moments = _data_moments(data, full, k)
-    params = _em_m_step(data, resp, full, float(reg_covar), moments)
-    previous, resp = _em_e_step(data, *params, full)
+    # in feature space and float64, as cavi(): each E-step also gives the next M-step's sums
+    features = _Features.of(data.to(torch.float64), full)
+    params = _em_m_step(features, features.weighted_sums(resp), float(reg_covar))
+    resp = torch.empty_like(resp)
+    previous, sums = _em_e_step(features, params, resp)
     trace: list[float] = []
     converged = False
     with tqdm(total=max_iter, desc="EM", disable=not progress, unit="it") as bar:
         for _ in range(max_iter):
-            params = _em_m_step(data, resp, full, float(reg_covar), moments)
-            value, resp = _em_e_step(data, *params, full)
+            params = _em_m_step(features, sums, float(reg_covar))
+            value, sums = _em_e_step(features, params, resp)
             trace.append(value)
             bar.update(1)
             bar.set_postfix(loglik=f"{value:.6g}", refresh=False)
@@ -1267,5 +1265,5 @@ def em(
                 converged = True
                 break
             previous = value
-    weights, means, cov = params
+    weights, means, cov = (t.to(data.dtype) for t in params)
     return EMResult(weights, means, cov, trace, len(trace), converged, resp)
