@@ -1109,6 +1109,10 @@ def cavi(
     if fitted is not post:
         try:
             _posterior_terms(fitted)
+            if full:  # draws factorise Wishart precisions: the covariances' conditioning
+                eig = torch.linalg.eigvalsh(post.covariance)
+                if (eig[:, -1] / eig[:, 0] * torch.finfo(data.dtype).eps > 1e-2).any():
+                    raise ValueError("ill-conditioned")
         except ValueError:
             raise ValueError(
                 f"the fitted posterior cannot be held in {data.dtype}: a covariance is too "

@@ -302,19 +302,6 @@ class MixtureAttention(nn.Module):
                 where = " where observed" if arg == "query" and m is not None else ""
                 raise ValueError(f"{arg} contains NaN or inf{where}; attention needs finite inputs")
             peaks[arg] = peak
-        if self.kind == "gaussian":
-            # q·k and |k|²/2 are formed apart: with queries and keys at an offset c from the
-            # origin they carry about eps * scale * D * |c|² of rounding that cancels to noise.
-            # p(k | q) depends on q - k only, so such inputs are centred on the keys' mean.
-            wide = torch.promote_types(torch.result_type(query, key), torch.float32)
-            center = key.detach().mean(-2, keepdim=True, dtype=wide)
-            offset = float(center.abs().amax())  # inf when the sum overflowed: left as is
-            if 1e-6 < torch.finfo(wide).eps * self.sigma**-2 * D * offset**2 < math.inf:
-                center = center.to(key.dtype)
-                query, key = query - center, key - center
-                if m is not None:  # unobserved entries stay out of the dot products
-                    query = torch.where(m > 0, query, torch.zeros((), dtype=query.dtype))
-
         if self.kind == "bernoulli" and not ((query == 0) | (query == 1)).all():
             raise ValueError(
                 "query must be binary (0/1) for kind='bernoulli' wherever observed; "
@@ -345,6 +332,24 @@ class MixtureAttention(nn.Module):
                     "query needs at least one component"
                 )
             key_mask = key_mask[..., None, None, :]
+        if self.kind == "gaussian":
+            # q·k and |k|²/2 are formed apart: with queries and keys at an offset c from the
+            # origin they carry about eps * scale * D * |c|² of rounding that cancels to noise.
+            # p(k | q) depends on q - k only, so such inputs are centred on the mean of the
+            # keys that are components (excluded keys may hold anything).
+            wide = torch.promote_types(torch.result_type(query, key), torch.float32)
+            if key_mask is None:
+                center = key.detach().mean(-2, keepdim=True, dtype=wide)
+            else:
+                weight = key_mask[..., 0, 0, :, None].to(wide)  # (..., Tk, 1): 1 = component
+                center = (key.detach().to(wide) * weight).sum(-2, keepdim=True)
+                center = center / weight.sum(-2, keepdim=True)
+            offset = float(center.abs().amax())  # inf when the sum overflowed: left as is
+            if 8.0 < self.sigma**-2 * D * offset**2 < math.inf:
+                center = center.to(key.dtype)
+                query, key = query - center, key - center
+                if m is not None:  # unobserved entries stay out of the dot products
+                    query = torch.where(m > 0, query, torch.zeros((), dtype=query.dtype))
         q, k, v = (_split_heads(x, H) for x in (query, key, value))
         target = (*q.shape[:-1], Tk)
         try:

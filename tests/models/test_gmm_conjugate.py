@@ -784,12 +784,17 @@ def test_float32_data_and_a_float64_copy_start_and_end_alike(device: torch.devic
     assert abs(fits[0].elbo_trace[-1] - fits[1].elbo_trace[-1]) < 1e-3 * len(x64)
 
 
-def test_a_posterior_float32_cannot_hold_is_refused_with_the_fix(device: torch.device) -> None:
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_posterior_float32_cannot_hold_is_refused_with_the_fix(
+    device: torch.device, seed: int
+) -> None:
     """Data at 1e6 under a prior centred at 0: the posterior covariances hold a 1e12 rank-one
-    term next to a spread of 1, fine in float64, not positive definite once cast to float32."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(500, 2, generator=g) + torch.randint(3, (500, 1), generator=g) * 4.0 + 1e6
-    x = x.to(device)  # float32
+    term next to a spread of 1, fine in float64; cast to float32 they are not positive definite,
+    or their sampled precisions are not."""
+    g = torch.Generator().manual_seed(seed)
+    centers = 4 * torch.randn(3, 2, generator=g, dtype=F64)
+    x = centers[torch.randint(3, (600,), generator=g)] + torch.randn(600, 2, generator=g, dtype=F64)
+    x = (x + 1e6).float().to(device)
     prior = GMMPrior.default(2, "full", dtype=F64, device=device)
     fit64 = cavi(x.double(), prior, 3)
     assert fit64.posterior.covariance.dtype == F64 and math.isfinite(fit64.elbo_trace[-1])

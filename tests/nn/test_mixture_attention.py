@@ -473,3 +473,25 @@ def test_gaussian_inputs_far_from_the_origin_lose_no_precision(device, with_obse
         results.append([out.detach().double()] + [x.grad.double() for x in inputs])
     for got, expected in zip(*results, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+@pytest.mark.parametrize("exclude", ["key_mask", "log_prior"])
+def test_excluded_keys_holding_huge_values_change_nothing(device, offset, exclude):
+    """A padding key at 1e8 (masked, or with log prior -inf) takes no part in the centring: the
+    float32 weights are those of the real keys alone, with or without an offset."""
+    g = torch.Generator().manual_seed(1)
+    k = torch.randn(6, 4, generator=g) + offset
+    q = k[:3] + 0.3 * torch.randn(3, 4, generator=g)
+    real = torch.tensor([True] * 5 + [False])
+    expected = MixtureAttention("gaussian").responsibilities(q.double(), k[:5].double())
+    padded = k.clone()
+    padded[-1] = 1e8
+    options = (
+        {"key_mask": real.to(device)}
+        if exclude == "key_mask"
+        else {"log_prior": torch.where(real, 0.0, -torch.inf).to(device)}
+    )
+    got = MixtureAttention("gaussian").responsibilities(q.to(device), padded.to(device), **options)
+    torch.testing.assert_close(got[:, -1], torch.zeros_like(got[:, -1]))
+    torch.testing.assert_close(got[:, :5].double(), expected.to(device), rtol=0, atol=1e-6)
