@@ -151,11 +151,12 @@ class GuardedStep:
     loss and every gradient are finite, and otherwise keeps the last parameters whose loss was
     finite.
 
-    The check is fused into one device synchronisation. Before each update the parameters are
-    copied, by one fused ``torch._foreach_copy_`` into buffers allocated once (no
-    synchronisation, no allocation), so that when a loss turns non-finite -- an update from
-    finite gradients can move a parameter where the model is undefined, e.g. a scale below
-    zero -- the parameters it was computed at are replaced by those before that update. When
+    The check is fused into one device synchronisation. Before each update every parameter of
+    the store is copied, by name and one fused ``torch._foreach_copy_`` into buffers allocated
+    once (no synchronisation, no allocation), so that when a loss turns non-finite or raises a
+    linear-algebra error -- an update from finite gradients can move a parameter where the
+    model is undefined, e.g. a scale below zero -- the parameters it was computed at (and
+    state such as a decaying-average baseline) are put back to those before that update. When
     only a gradient is non-finite, the current parameters (whose loss was finite) stay.
 
     :param svi: the :class:`~pyro.infer.SVI` object (its model, guide, loss and optimiser).
@@ -163,59 +164,77 @@ class GuardedStep:
 
     def __init__(self, svi: SVI) -> None:
         self.svi = svi
-        self._params: list[torch.Tensor] = []
+        self._names: tuple[str, ...] = ()
         self._saved: list[torch.Tensor] = []
+        #: why the last step failed when it raised instead of giving a non-finite loss
+        self.error: str | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[float, bool]:
         """One step on ``args``: ``(loss, applied)``; not applied when the loss or a gradient
-        is not finite (then the parameters are as described above)."""
+        is not finite, or the loss raised a linear-algebra error (a Cholesky factor of a
+        matrix an update left indefinite): then the parameters are as described above."""
         svi = self.svi
-        with poutine.trace(param_only=True) as capture, warnings.catch_warnings():
-            # Pyro's "Encountered NaN" warning: the status and NonFiniteLossError say it
-            warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
-            loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
-        params = sorted(
-            {
-                value.unconstrained()
-                for site in capture.trace.nodes.values()
-                if (value := site["value"]) is not None
-            },
-            key=id,
-        )
+        try:
+            with poutine.trace(param_only=True) as capture, warnings.catch_warnings():
+                # Pyro's "Encountered NaN" warning: the status and NonFiniteLossError say it
+                warnings.filterwarnings("ignore", "Encountered NaN", UserWarning)
+                loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
+        except torch.linalg.LinAlgError as err:
+            self.error = f"{type(err).__name__}: {str(err).splitlines()[0]}"
+            self._restore()
+            pyro.infer.util.zero_grads({p for _, p in pyro.get_param_store().named_parameters()})
+            return math.nan, False
+        stepped = {  # what SVI.step hands the optimiser: the parameters of the sites
+            value.unconstrained()
+            for site in capture.trace.nodes.values()
+            if (value := site["value"]) is not None
+        }
         value = float(loss[0] if isinstance(loss, tuple) else loss)  # e.g. RWS's pair
-        checks = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+        checks = [torch.isfinite(p.grad).all() for p in stepped if p.grad is not None]
         applied = math.isfinite(value) and (not checks or bool(torch.stack(checks).all()))
         if applied:
-            self._save(params)
-            svi.optim(set(params))
-        elif not math.isfinite(value) and self._saved:
-            with torch.no_grad():  # back to the parameters of the last finite loss
-                torch._foreach_copy_([p.detach() for p in self._params], self._saved)
-        pyro.infer.util.zero_grads(set(params))
+            self._save()
+            svi.optim(stepped)
+        elif not math.isfinite(value):
+            self._restore()  # back to the parameters of the last finite loss
+        pyro.infer.util.zero_grads(stepped)
         return value, applied
+
+    def _save(self) -> None:
+        """Copy every parameter of the store, by name: the sites' and any other (e.g. the
+        decaying-average baselines an ELBO replaces with a new tensor every step)."""
+        named = list(pyro.get_param_store().named_parameters())
+        names, params = tuple(name for name, _ in named), [p for _, p in named]
+        same = names == self._names and all(
+            p.shape == s.shape for p, s in zip(params, self._saved, strict=True)
+        )
+        if not same:
+            self._names = names
+            self._saved = [torch.empty_like(p, requires_grad=False) for p in params]
+        if params:  # a guide without parameters has nothing to keep
+            with torch.no_grad():
+                torch._foreach_copy_(self._saved, [p.detach() for p in params])
+
+    def _params(self) -> list[torch.Tensor]:
+        """The store's current tensors of the saved names (replaced ones included)."""
+        current = dict(pyro.get_param_store().named_parameters())
+        return [current[name].detach() for name in self._names]
+
+    def _restore(self) -> None:
+        if self._saved:
+            with torch.no_grad():
+                torch._foreach_copy_(self._params(), self._saved)
 
     def finish(self) -> bool:
         """After the last step: False, with the parameters put back to those before the last
         update, when that update left one non-finite (no later loss would have shown it)."""
-        if not self._params:
+        if not self._saved:
             return True
-        checks = [torch.isfinite(p).all() for p in self._params]
+        checks = [torch.isfinite(p).all() for p in self._params()]
         if bool(torch.stack(checks).all()):
             return True
-        with torch.no_grad():
-            torch._foreach_copy_([p.detach() for p in self._params], self._saved)
+        self._restore()
         return False
-
-    def _save(self, params: list[torch.Tensor]) -> None:
-        same = len(params) == len(self._params) and all(
-            p is q and p.shape == s.shape
-            for p, q, s in zip(params, self._params, self._saved, strict=True)
-        )
-        if not same:
-            self._params = params
-            self._saved = [torch.empty_like(p, requires_grad=False) for p in params]
-        with torch.no_grad():
-            torch._foreach_copy_(self._saved, [p.detach() for p in params])
 
 
 def _load_params(saved: ParamState) -> None:
@@ -487,9 +506,10 @@ def _svi_phase(
             value, applied = guarded_step(step_data, **kwargs)
         if not applied:
             what = "loss" if not math.isfinite(value) else "gradient"
+            cause = f" ({guarded_step.error})" if guarded_step.error else ""
             status = (
-                f"warn: non-finite {what} at step {step}; the parameters of the last finite "
-                "loss are kept"
+                f"warn: non-finite {what} at step {step}{cause}; the parameters of the last "
+                "finite loss are kept"
             )
             break
         losses.append(value)

@@ -215,6 +215,51 @@ def test_an_update_that_leaves_a_parameter_non_finite_is_undone_at_the_end(devic
     assert applied and math.isfinite(value)
 
 
+def test_the_guard_keeps_ELBO_state_and_survives_what_raises(device, tmp_path):
+    """A decaying-average baseline that a glitched point made NaN is put back with the other
+    parameters (the ELBO replaces that tensor every step), so the run resumes cleanly; a
+    Cholesky that an update broke stops the run like a non-finite loss; a guide without
+    parameters steps."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    data = centers[torch.randint(3, (300,), generator=g)] + torch.randn(300, 2, generator=g)
+    data = data.to(device)
+    gmm = BayesianGMM(3, 2, "diag")
+    clean, calls = gmm.model, {"n": 0}
+
+    def glitched(data, **kwargs):  # one call sees one overflowing point
+        calls["n"] += 1
+        if calls["n"] == 12:
+            data = data.clone()
+            data[5] = 3e19
+        return clean(data, **kwargs)
+
+    gmm.model = glitched
+    path = tmp_path / "reinforce.pt"
+    with pytest.raises(NonFiniteLossError, match="non-finite loss") as info:
+        fit(gmm, data, "reinforce", num_steps=30, progress=False, seed=0, checkpoint=path)
+    kept = info.value.result.params["params"]
+    assert any("baseline" in name for name in kept)
+    assert all(torch.isfinite(value).all() for value in kept.values())
+    gmm.model = clean
+    assert fit(gmm, data, "reinforce", num_steps=30, progress=False, checkpoint=path).steps == 30
+
+    with pytest.raises(NonFiniteLossError, match="LinAlgError") as info:
+        fit(BayesianGMM(3, 2), data, "enum", num_steps=150, lr=10.0, progress=False, seed=0)
+    assert all(torch.isfinite(v).all() for v in info.value.result.params["params"].values())
+
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(data.new_tensor(0.0), 1.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("obs", dist.Normal(mu, 1.0), obs=data)
+
+    def fixed_guide(data):
+        pyro.sample("mu", dist.Normal(data.new_tensor(-3.0), 0.1))
+
+    points = data[:, 0]
+    assert fit(model, points, "svi", num_steps=5, guide=fixed_guide, progress=False).steps == 5
+
+
 def test_closed_form_and_nuts_results(device):
     data = load_gmm2d(device=device).train
     gmm = BayesianGMM(3, 2)
