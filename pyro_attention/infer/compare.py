@@ -183,6 +183,10 @@ def _evaluate_fit(
 ) -> tuple[dict[str, Any], PosteriorDraws, torch.Tensor]:
     train, test = model_obj.check_data(train), model_obj.check_data(test)
     method = result.method
+    # the scoring below consumes random numbers in proportion to the data (prior draws of the
+    # model check, local draws): the gradient variance starts from this state instead, so that
+    # it does not depend on the size of the test set
+    rng = pyro.util.get_rng_state()
     draws = result.draws(num_samples)
     model_fn = method.predictive(model_obj.model)
     with torch.no_grad():
@@ -204,6 +208,7 @@ def _evaluate_fit(
     grad_var = None
     if method.stochastic_gradient and result.guide is not None:
         extra = result.extra
+        pyro.util.set_rng_state(rng)
         grad_var = gradient_variance(
             extra["model_fn"],
             result.guide,

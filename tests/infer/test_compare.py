@@ -4,6 +4,7 @@ import json
 
 import arviz_stats
 import numpy as np
+import pyro
 import pytest
 import torch
 
@@ -158,3 +159,20 @@ def test_cli_refuses_a_bad_device(tmp_path, capsys, name):
     code = main(["compare", "gmm", "--device", name, "--out", str(tmp_path), "--no-progress"])
     assert code == 2
     assert f"--device '{name}'" in capsys.readouterr().err
+
+
+def test_the_gradient_variance_does_not_depend_on_the_test_set(device):
+    """Scoring consumes random numbers in proportion to the data; the gradient variance of one
+    fit under one seed is the same whatever the size of the test set."""
+    from pyro_attention.infer import fit
+    from pyro_attention.infer.compare import evaluate_fit
+
+    data = load_gmm2d(device=device)
+    gmm = BayesianGMM(3, 2)
+    fitted = fit(gmm, data.train, "enum", num_steps=10, progress=False, seed=0)
+    variances = []
+    for test in (data.test[:50], data.test):
+        pyro.set_rng_seed(0)
+        row, _, _ = evaluate_fit(gmm, fitted, data.train, test, num_samples=20, grad_draws=5)
+        variances.append(row["grad_variance"])
+    assert variances[0] == variances[1] and variances[0] > 0
