@@ -11,6 +11,7 @@ parameters whose loss was finite (:class:`NonFiniteLossError`).
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 import warnings
@@ -492,6 +493,9 @@ def _svi_phase(
     step_points: list[int] = []
     status = "ok"
     guarded_step = GuardedStep(svi)
+    # torch imports torch._dynamo when the first optimiser of a process is built (~1 s on a
+    # laptop CPU): a one-time cost, not the first method's training time
+    importlib.import_module("torch._dynamo")
     t0 = time.perf_counter()
     bar = tqdm(range(start, num_steps), desc=method.name, disable=not progress, leave=False)
     for step in bar:
