@@ -634,37 +634,6 @@ def _whiten_factor(
     return factor, logdet
 
 
-def _quad_points(
-    data: torch.Tensor, means: torch.Tensor, factor: torch.Tensor, full: bool
-) -> torch.Tensor:
-    r""":math:`(x_n - m_k)^\top W_k (x_n - m_k)`, shape ``(N, K)``.
-
-    Full: one ``(N, D) @ (D, K*D)`` product :math:`U_k x_n` for all components at once, about
-    the mean of the ``means`` (so an offset in the data costs no precision);
-    :func:`_quad_points_reference` is the direct version."""
-    n, d = data.shape
-    k = means.shape[0]
-    center = means.mean(0)
-    x = data - center
-    mc = means - center
-    if full:
-        whitened_means = (factor @ mc.unsqueeze(-1)).reshape(k * d)
-        y = torch.addmm(-whitened_means, x, factor.permute(2, 0, 1).reshape(d, k * d))
-        return torch.linalg.vector_norm(y.reshape(n, k, d), dim=-1).square()
-    y = (x.unsqueeze(1) - mc) * factor.sqrt()  # (N, K, D)
-    return torch.linalg.vector_norm(y, dim=-1).square()
-
-
-def _quad_points_reference(
-    data: torch.Tensor, means: torch.Tensor, factor: torch.Tensor, full: bool
-) -> torch.Tensor:
-    """Direct version of :func:`_quad_points` (a ``(K, N, D)`` difference, then whitening)."""
-    diff = data.unsqueeze(0) - means.unsqueeze(1)  # (K, N, D)
-    if full:
-        return (diff @ factor.mT).square().sum(-1).mT
-    return (diff.square() * factor.unsqueeze(1)).sum(-1).mT
-
-
 def _quad_vectors(v: torch.Tensor, factor: torch.Tensor, full: bool) -> torch.Tensor:
     r""":math:`v_k^\top W_k v_k` for ``v`` of shape ``(K, D)``."""
     if full:
@@ -715,20 +684,6 @@ def _posterior_from_stats(stats: _Stats, prior: GMMPrior) -> GMMVariationalPoste
         covariance=psi,
         prior=prior,
     )
-
-
-def _log_rho(data: torch.Tensor, post: GMMVariationalPosterior, terms: _Terms) -> torch.Tensor:
-    """Unnormalised log responsibilities, Bishop 10.46 with 10.64–10.66, shape (N, K)."""
-    full = post.covariance_type == "full"
-    d = post.dim
-    quad = _quad_points(data, post.means, terms.factor, full)
-    const = (
-        terms.e_log_weights
-        + 0.5 * terms.e_log_det
-        - 0.5 * d * _LOG_2PI
-        - 0.5 * d / post.mean_precision
-    )
-    return const - 0.5 * post.degrees_of_freedom * quad
 
 
 def _elbo_from_stats(
@@ -972,8 +927,12 @@ def update_responsibilities(data: torch.Tensor, posterior: GMMVariationalPosteri
     :returns: ``(N, K)``.
     """
     data = check_tensor(data, "data", ndim=2, last_dim=posterior.dim)
-    post = _posterior_like(posterior, data)
-    return torch.softmax(_log_rho(data, post, _posterior_terms(post)), dim=-1)
+    features = _Features.of(data.to(torch.float64), posterior.covariance_type == "full")
+    post = _posterior_like(posterior, features.x)  # in float64, as in cavi()
+    coefficients = features.log_rho_coefficients(post, _posterior_terms(post))
+    resp = data.new_empty(data.shape[0], posterior.num_components)
+    features.responsibilities(*coefficients, resp)
+    return resp
 
 
 def _posterior_like(post: GMMVariationalPosterior, like: torch.Tensor) -> GMMVariationalPosterior:

@@ -18,10 +18,9 @@ For a query ``q`` and keys ``k_1..k_K`` with log prior :math:`\\log\\pi_k`, Baye
 The soft output is one :func:`torch.nn.functional.scaled_dot_product_attention` call, in float32
 at least, when no logit can overflow (a per-key bias that needs a gradient as one more feature of
 the queries and keys, so the fused kernel differentiates it too; else an additive float mask);
-otherwise the
-responsibilities are computed explicitly, in float64 if need be, so low-precision inputs and
-extreme scales give the right weights or a ValueError, never a silent NaN or zero; the output is
-cast back to the inputs' dtype.
+otherwise the responsibilities are computed explicitly, in float64 if need be, so low-precision
+inputs and extreme scales give the right weights or a ValueError, never a silent NaN or zero;
+the output is cast back to the inputs' dtype.
 With ``latent=True`` the choice of key is an :func:`~pyro_attention.alignment.alignment` site
 instead, so every inference method of the
 package applies (``soft()`` gives back the soft output, enumeration sums over the keys).
@@ -350,6 +349,8 @@ class MixtureAttention(nn.Module):
                 query, key = query - center, key - center
                 if m is not None:  # unobserved entries stay out of the dot products
                     query = torch.where(m > 0, query, torch.zeros((), dtype=query.dtype))
+                for arg, x in (("query", query), ("key", key)):  # the overflow bound's peaks
+                    peaks[arg] = float(x.detach().abs().amax()) if x.numel() else 0.0
         q, k, v = (_split_heads(x, H) for x in (query, key, value))
         target = (*q.shape[:-1], Tk)
         try:
