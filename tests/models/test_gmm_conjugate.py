@@ -17,6 +17,7 @@ from pyro_attention.models.gmm_conjugate import (
     GMMPrior,
     GMMVariationalPosterior,
     _Features,
+    _posterior_like,
     _posterior_terms,
     _sufficient_stats,
     _sufficient_stats_reference,
@@ -456,17 +457,6 @@ def test_progress_bar(device: torch.device, capsys: pytest.CaptureFixture[str]) 
     assert "CAVI" in err and "EM" in err
 
 
-def _as_float64(post: GMMVariationalPosterior) -> GMMVariationalPosterior:
-    return GMMVariationalPosterior(
-        post.weight_concentration.double(),
-        post.mean_precision.double(),
-        post.means.double(),
-        post.degrees_of_freedom.double(),
-        post.covariance.double(),
-        post.prior,
-    )
-
-
 def _bishop_log_rho(x: torch.Tensor, post: GMMVariationalPosterior) -> torch.Tensor:
     """Bishop 10.46 with 10.64-10.66, every term written out with the inverse covariance,
     ``(N, K)``: the reference for the E-step."""
@@ -505,7 +495,8 @@ def test_fast_paths_match_their_references(
     for a, b in zip(_sufficient_stats(x, resp, full), ref, strict=True):
         torch.testing.assert_close(a, b, **tol)
     post = update_posterior(x, _prior(x, covariance_type), resp)
-    expected = torch.softmax(_bishop_log_rho(x.double(), _as_float64(post)), -1).to(dtype)
+    wide = x.double()
+    expected = torch.softmax(_bishop_log_rho(wide, _posterior_like(post, wide)), -1).to(dtype)
     torch.testing.assert_close(update_responsibilities(x, post), expected, **tol)
 
 
