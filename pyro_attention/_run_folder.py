@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +89,30 @@ def provenance(seed: int | None = None) -> dict[str, Any]:
     }
 
 
+#: the command a run in this context records instead of ``sys.argv`` (see :func:`recorded_command`)
+_RECORDED_COMMAND: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "recorded_command", default=None
+)
+
+
+@contextlib.contextmanager
+def recorded_command(command: str) -> Iterator[None]:
+    """Record ``command`` as the provenance of the runs started inside: a sweep's worker runs
+    one cell's command in a process whose ``sys.argv`` says something else."""
+    token = _RECORDED_COMMAND.set(command)
+    try:
+        yield
+    finally:
+        _RECORDED_COMMAND.reset(token)
+
+
 def _command() -> str | None:
     """The command line as typed: ``pyro-attention ...`` also for ``python -m
-    pyro_attention.cli``, ``script.py ...`` for a script."""
+    pyro_attention.cli``, ``script.py ...`` for a script; inside :func:`recorded_command`, the
+    command it names."""
+    recorded = _RECORDED_COMMAND.get()
+    if recorded is not None:
+        return recorded
     if not sys.argv:
         return None
     program = Path(sys.argv[0])

@@ -18,19 +18,24 @@ stacked-attention depth study::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import importlib.util
+import io
 import math
 import os
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pyro_attention._run_folder import check_output_folder
+from pyro_attention._executors import EXECUTORS, make_executor
+from pyro_attention._run_folder import check_output_folder, recorded_command
 from pyro_attention.infer.registry import get_method, method_names
 
 MODELS = ("gmm", "alignment", "digits", "sgpa")
@@ -54,8 +59,40 @@ GMM_DEFAULT_METHODS = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _RaisingParser(argparse.ArgumentParser):
+    """A parser whose errors are :class:`ValueError` (to check a sweep's cells up front)."""
+
+    def error(self, message: str) -> Any:
+        raise ValueError(message)
+
+
+def _add_executor_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--workers``, ``--executor`` and ``--address``: where the runs of ``what`` go."""
+    group = parser.add_argument_group("executor options")
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help=f"{what} run at once (default 1: one after another in this process); each gets "
+        "--threads torch threads (default 1)",
+    )
+    group.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="local: a process pool on this machine (default); ray: Ray tasks (pip install "
+        "'pyro-attention[ray]'); serial: one after another in this process",
+    )
+    group.add_argument(
+        "--address",
+        default=None,
+        help="ray: the cluster (auto for the running one, ray://host:10001); default a local "
+        "Ray instance with --workers CPUs",
+    )
+
+
+def _parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> Any:
+    parser = parser_class(
         prog="pyro-attention",
         description="Compare inference methods on Pyro models with latent alignments.",
     )
@@ -172,12 +209,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the missing-pixel lookup comparison (mixtures, transformer, neighbours)",
     )
-    gp = cmp.add_argument_group("sgpa options")
-    gp.add_argument(
+    cmp.add_argument(
         "--seeds",
-        default="1",
-        help="N runs from --seed on (e.g. 5), or a comma-separated list (0,3,7); mean ± 2 SE",
+        default=None,
+        help="N runs from --seed on (e.g. 5), or a comma-separated list (0,3,7): one folder "
+        "<out>/seed-S per seed (sgpa: one summary), and the mean ± 2 SE per method; a re-run "
+        "keeps the seeds that finished",
     )
+    gp = cmp.add_argument_group("sgpa options")
     gp.add_argument("--d-model", type=int, default=32, help="token width (default 32)")
     gp.add_argument("--heads", type=int, default=2, help="attention heads (default 2)")
     gp.add_argument("--layers", type=int, default=1, help="transformer blocks (default 1)")
@@ -218,8 +257,10 @@ def _parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads (default: torch's choice; 1 is often fastest on a busy machine)",
+        help="torch CPU threads (default: torch's choice; with --seeds 1 per run; 1 is often "
+        "fastest on a busy machine)",
     )
+    _add_executor_options(cmp, "--seeds: seeds")
 
     sla = sub.add_parser(
         "sla",
@@ -245,6 +286,33 @@ def _parser() -> argparse.ArgumentParser:
     sla.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     sla.add_argument("--out", default="runs/sla", help="output folder (default runs/sla)")
     sla.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    swp = sub.add_parser(
+        "sweep",
+        help="run a grid of comparisons (commands x methods x settings x seeds) from a TOML spec",
+    )
+    swp.add_argument("spec", help="the TOML spec, e.g. examples/gmm_sweep.toml")
+    swp.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default runs/<spec name>); re-runs skip the cells that finished",
+    )
+    swp.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1)")
+    swp.add_argument(
+        "--gpus-per-cell",
+        type=float,
+        default=None,
+        help="ray: GPUs per cell (default 1 when a cell runs on cuda, else 0; 0.5 shares one)",
+    )
+    swp.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        help="how often a cell whose worker died is started again (default: local 1, ray 3)",
+    )
+    swp.add_argument("--dry-run", action="store_true", help="list the cells' commands and stop")
+    swp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_executor_options(swp, "cells")
     return parser
 
 
@@ -341,7 +409,7 @@ def _methods(
 #: options every comparison reads
 COMMON_OPTIONS = frozenset(
     {"command", "model", "methods", "imports", "device", "dtype", "seed", "out", "resume"}
-    | {"no_progress", "threads"}
+    | {"no_progress", "threads", "seeds", "workers", "executor", "address"}
 )
 #: options of the inference methods of ``compare gmm`` and ``compare digits``
 METHOD_OPTIONS = frozenset(
@@ -357,7 +425,7 @@ MODEL_OPTIONS = {
     | {"embed", "temperature", "rws_particles", "pretrain_fraction", "emission_chunk_size"}
     | {"kmax", "data_seed"},
     "sgpa": COMMON_OPTIONS
-    | {"steps", "lr", "num_samples", "covariance", "task", "num_train", "seeds", "d_model"}
+    | {"steps", "lr", "num_samples", "covariance", "task", "num_train", "d_model"}
     | {"heads", "layers", "inducing", "dropout", "ensemble_size", "heldout_classes"},
 }
 
@@ -366,12 +434,12 @@ COUNT_OPTIONS = frozenset(
     {"steps", "subsample_size", "num_samples", "components", "nuts_samples", "nuts_chains"}
     | {"batch_size", "num_train", "num_test", "hidden", "embed", "rws_particles", "kmax"}
     | {"emission_chunk_size", "knn", "d_model", "heads", "layers", "inducing"}
-    | {"ensemble_size", "hops", "items", "key_dim", "threads"}
+    | {"ensemble_size", "hops", "items", "key_dim", "threads", "workers"}
 )
 #: counts whose least value is not 1: (least value, why)
 MINIMUMS = {"nuts_samples": (4, "split R-hat and the ESS need 4 draws per chain")}
 #: integer options where 0 is meaningful
-NON_NEGATIVE_OPTIONS = frozenset({"nuts_warmup", "transformer_steps"})
+NON_NEGATIVE_OPTIONS = frozenset({"nuts_warmup", "transformer_steps", "retries"})
 #: real options that must be finite and positive
 POSITIVE_OPTIONS = frozenset({"lr", "temperature", "epochs"})
 #: real options in an interval: (low, high, whether low is allowed)
@@ -663,7 +731,7 @@ def _compare_sgpa(args: argparse.Namespace) -> int:
     result = compare_sgpa(
         task,
         _method_names(args, SGPA_METHODS),
-        seeds=_seeds(args.seeds, args.seed),
+        seeds=_seeds("1" if args.seeds is None else args.seeds, args.seed),
         settings=settings,
         device=device,
         dtype=getattr(torch, args.dtype),
@@ -676,6 +744,188 @@ def _compare_sgpa(args: argparse.Namespace) -> int:
     return _finish(result, args)
 
 
+#: options of a --seeds run that each seed's own command does not repeat (it sets its own)
+_DRIVER_OPTIONS = frozenset(
+    {"command", "model", "seeds", "seed", "out", "threads", "no_progress", "resume"}
+    | {"workers", "executor", "address"}
+)
+
+
+def _seed_argv(args: argparse.Namespace) -> list[str]:
+    """The options given on the command line, as arguments for one seed's run of it."""
+    argv = [args.command, args.model]
+    for dest, value in vars(args).items():
+        if dest in _DRIVER_OPTIONS or not _given(args, dest):
+            continue
+        if dest == "imports":
+            for name in value:
+                argv += ["--import", name]
+        elif value is True:
+            argv.append(_flag(dest))
+        else:
+            argv += [_flag(dest), str(value)]
+    return argv
+
+
+def run_cell(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell of a sweep (or one seed of ``--seeds``) where the executor put it.
+
+    ``job["argv"]`` is the command's arguments with ``--out <final folder>``; the command runs
+    into a temporary folder of this machine (recording ``job["command"]`` as its provenance),
+    and its files come back as bytes, so that the driver writes them where the sweep keeps them
+    whatever machine ran the cell.
+
+    :returns: ``{"exit_code", "files": {name: bytes}, "log": stdout and stderr, "seconds"}``.
+    """
+    argv = list(job["argv"])
+    at = argv.index("--out") + 1
+    log = io.StringIO()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pyro-attention-cell-") as folder:
+        argv[at] = folder
+        with (
+            recorded_command(job["command"]),
+            contextlib.redirect_stdout(log),
+            contextlib.redirect_stderr(log),
+        ):
+            code = main(argv)
+        files = {
+            path.name: path.read_bytes()
+            for path in Path(folder).iterdir()
+            if path.is_file() and not path.name.startswith(".")
+        }
+    return {
+        "exit_code": code,
+        "files": files,
+        "log": log.getvalue(),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _executor(
+    args: argparse.Namespace, *, num_gpus: float = 0.0, retries: int | None = None
+) -> Any:
+    """The executor of ``--executor``, ``--workers``, ``--address`` (checked before any work)."""
+    if args.address is not None and args.executor != "ray":
+        raise ValueError("--address names a Ray cluster; add --executor ray or drop it")
+    if args.executor == "serial" and args.workers != 1:
+        raise ValueError(
+            f"--executor serial runs one cell at a time; drop --workers {args.workers}"
+        )
+    default_retries = 3 if args.executor == "ray" else 1
+    return make_executor(
+        args.executor,
+        workers=args.workers if args.executor != "ray" or args.address is None else None,
+        threads=1 if args.threads is None else args.threads,
+        address=args.address,
+        num_gpus=num_gpus,
+        retries=default_retries if retries is None else retries,
+    )
+
+
+def _run_sweep_cells(
+    cells: list, args: argparse.Namespace, executor: Any, **description: Any
+) -> int:
+    from pyro_attention.sweep import run_cells
+
+    sweep = run_cells(
+        cells,
+        run_cell,
+        executor,
+        args.out,
+        description=description,
+        progress=not args.no_progress,
+    )
+    print(sweep)
+    print(f"\nwrote {len(cells)} cell folders and summary.json to {args.out}")
+    if sweep.failed:
+        print(
+            f"error: {len(sweep.failed)} failed: {', '.join(sweep.failed)} (see summary.json and "
+            f"{args.out}/logs; a re-run starts the crashed cells again)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _compare_seeds(args: argparse.Namespace) -> int:
+    """``compare <model> --seeds``: one run per seed in ``<out>/seed-S``, then mean ± 2 SE."""
+    from pyro_attention.sweep import Cell
+
+    if args.resume:
+        raise ValueError("--resume: a --seeds run always keeps the seeds that finished; drop it")
+    seeds = _seeds(args.seeds, args.seed)
+    threads = 1 if args.threads is None else args.threads
+    base = _seed_argv(args)
+    cells = [
+        Cell(
+            name=f"seed-{seed}",
+            command=f"compare {args.model}",
+            argv=(*base, "--seed", str(seed), "--threads", str(threads), "--no-progress"),
+            seed=seed,
+        )
+        for seed in seeds
+    ]
+    executor = _executor(args, num_gpus=1.0 if args.device.startswith("cuda") else 0.0)
+    return _run_sweep_cells(cells, args, executor, command=f"compare {args.model}", seeds=seeds)
+
+
+def check_cell_command(argv: Sequence[str]) -> None:
+    """Refuse, before any cell runs, a cell whose command the CLI would refuse."""
+    args = _parser(_RaisingParser).parse_args(list(argv))
+    if args.command == "compare" and args.model == "alignment" and args.task is None:
+        args.task = "dates"
+    check_options(args)
+    if args.command != "compare":
+        return
+    _refuse_foreign_options(args)
+    _import_user_modules(args.imports)
+    if args.model == "sgpa":
+        from pyro_attention.experiments.compare_sgpa import SGPA_METHODS
+
+        unknown = [m for m in _method_names(args, SGPA_METHODS) if m not in SGPA_METHODS]
+        if unknown:
+            raise ValueError(f"unknown sgpa row(s) {unknown}; use {', '.join(SGPA_METHODS)}")
+        return
+    names = _method_names(args, GMM_DEFAULT_METHODS)
+    for name in names:
+        get_method(name)
+    if len(set(names)) != len(names):
+        raise ValueError(f"--methods {args.methods!r} names a method twice")
+    if args.model == "alignment":
+        from pyro_attention.data import get_task
+
+        get_task(args.task)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``pyro-attention sweep SPEC``: every cell checked first, then run by the executor."""
+    from pyro_attention.sweep import expand_spec, iter_cells_text, read_spec
+
+    spec = read_spec(args.spec)
+    if args.out is None:
+        args.out = f"runs/{Path(args.spec).stem}"
+    check_output_folder(args.out, "--out")
+    cells = expand_spec(spec, threads=args.threads)
+    for cell in cells:
+        try:
+            check_cell_command(cell.argv)
+        except ValueError as err:
+            raise ValueError(f"cell {cell.name}: {err}") from None
+    if args.gpus_per_cell is not None and not 0 <= args.gpus_per_cell < math.inf:
+        raise ValueError(f"--gpus-per-cell must be a finite number >= 0, got {args.gpus_per_cell}")
+    on_cuda = any("cuda" in cell.argv for cell in cells) or any(
+        a.startswith("cuda") for cell in cells for a in cell.argv
+    )
+    gpus = args.gpus_per_cell if args.gpus_per_cell is not None else float(on_cuda)
+    executor = _executor(args, num_gpus=gpus, retries=args.retries)
+    if args.dry_run:
+        for line in iter_cells_text(cells, Path(args.out)):
+            print(line)
+        return 0
+    return _run_sweep_cells(cells, args, executor, spec=str(args.spec), spec_content=spec)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-attention`` console script."""
     args = _parser().parse_args(argv)
@@ -686,7 +936,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out = f"runs/{folder.get(args.model, args.model)}"
     try:
         check_options(args)
-        if args.command == "compare" and args.threads is not None:
+        if args.command == "compare" and args.threads is not None and args.seeds is None:
             torch.set_num_threads(args.threads)
         if args.command == "compare":  # checked first: an unwritable folder loses every result
             _refuse_foreign_options(args)
@@ -697,6 +947,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "starts again (its finished rows of an interrupted run are in summary.json)"
                 )
             _import_user_modules(args.imports)
+            if args.model == "sgpa" and (args.workers != 1 or _given(args, "executor")):
+                raise ValueError(
+                    "compare sgpa runs its --seeds in one process; spread them with "
+                    "pyro-attention sweep (one cell per seed) instead"
+                )
+            if args.model != "sgpa" and args.seeds is None:
+                for dest in ("workers", "executor", "address"):
+                    if _given(args, dest):
+                        raise ValueError(f"{_flag(dest)} spreads the runs of --seeds; add --seeds")
+            if args.model != "sgpa" and args.seeds is not None:
+                return _compare_seeds(args)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "compare" and args.model == "gmm":
             return _compare_gmm(args)
         if args.command == "compare" and args.model == "alignment":
@@ -713,6 +976,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         resumable = args.command == "compare" and args.model in RESUMABLE
         hint = "; the same command with --resume finishes it" if resumable else ""
+        if args.command == "sweep" or (
+            args.command == "compare" and args.model != "sgpa" and args.seeds is not None
+        ):
+            hint = "; the same command runs what did not finish"
         print(
             f"interrupted: the finished results are kept in {args.out}/summary.json{hint}",
             file=sys.stderr,

@@ -491,6 +491,42 @@ def performance_table(results: Path) -> str:
     return markdown(header, body) + "\n\n" + "\n".join(lines)
 
 
+SWEEP_VARIANTS = {
+    "reference": "the commands one after another in one process (no sweep)",
+    "serial": "`--executor serial` (this process)",
+    "local-1": "`--executor local --workers 1` (one spawned process)",
+    "local-2": "`--executor local --workers 2`",
+    "ray-2": "`--executor ray --workers 2` (a local Ray instance)",
+}
+
+
+def sweep_table(results: Path) -> str:
+    """Cells per minute of each executor against the cells run one after another."""
+    figures = read(results / "bench" / "sweep_throughput.json")
+    rows = [
+        [
+            SWEEP_VARIANTS.get(name, name),
+            str(row["workers"]),
+            number(row["wall_seconds"], 1),
+            number(row["cells_per_minute"], 1),
+            f"{row['speedup']:.2f}×",
+            "–" if name == "reference" else number(row["overhead_per_cell_seconds"], 2),
+        ]
+        for name, row in figures["variants"].items()
+    ]
+    table = markdown(
+        ["how", "workers", "wall s", "cells / min", "speed-up", "overhead / cell, s"], rows
+    )
+    note = (
+        f"{figures['cells']} cells of `{figures['cell_command']}`, one thread each; median of "
+        f"{figures['rounds']} round(s), the variants' order rotating"
+    )
+    line = provenance_line(
+        "results/bench/sweep_throughput.json", [figures["provenance"]], note=note
+    )
+    return f"{table}\n\n{line}"
+
+
 def tables(results: Path) -> dict[str, Callable[[], str]]:
     """Every generated table by its marker name (built lazily: some read a lot)."""
     return {
@@ -504,6 +540,7 @@ def tables(results: Path) -> dict[str, Callable[[], str]]:
         "sgpa-sequence": lambda: sgpa_table(results, "sequence"),
         "sbc": lambda: sbc_table(results),
         "performance": lambda: performance_table(results),
+        "sweep-throughput": lambda: sweep_table(results),
     }
 
 

@@ -37,6 +37,10 @@ TINY = {  # script: (options, the flag that names the JSON file)
         "--methods enum --steps 10 --eval-every 5 --em-repeats 1 --draws 5".split(),
         "--out",
     ),
+    "bench_sweep_throughput.py": (
+        "--cells 2 --steps 5 --methods cavi --variants serial local-2".split(),
+        "--json",
+    ),
     "bench_sgpa.py": (
         "--lengths 8 --repeats 1 --rounds 1 --train-length 8 --train-batch 2".split(),
         "--json",

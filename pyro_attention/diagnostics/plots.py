@@ -218,3 +218,37 @@ def plot_reliability(
     if path is not None:
         save_figure(fig, Path(path))
     return fig
+
+
+def plot_seed_spread(
+    rows: list[dict[str, Any]],
+    aggregate: list[dict[str, Any]],
+    metric: str,
+    *,
+    label: Any = None,
+) -> Figure:
+    """``metric`` of every run (one dot per seed) and its mean ± 2 SE, one line per group.
+
+    :param rows: one row per run and method, with ``seed`` and ``metric``.
+    :param aggregate: :func:`~pyro_attention.diagnostics.aggregate.aggregate_rows` of ``rows``.
+    :param label: ``label(row) -> str`` names a group (default: its ``method``).
+    """
+    name = label or (lambda row: str(row.get("method", "?")))
+    groups = [name(row) for row in aggregate]
+    fig = Figure(figsize=(7, 0.9 + 0.35 * max(1, len(groups))))
+    ax = fig.subplots()
+    for y, summary in enumerate(aggregate):
+        key = groups[y]
+        values = [
+            float(row[metric])
+            for row in rows
+            if name(row) == key and isinstance(row.get(metric), int | float)
+        ]
+        ax.plot(values, [y] * len(values), "o", color="tab:blue", alpha=0.5, ms=4)
+        if summary.get(metric) is not None:
+            error = summary.get(f"{metric}_se2") or 0.0
+            ax.errorbar(summary[metric], y, xerr=error, fmt="s", color="black", ms=4, capsize=3)
+    ax.set_yticks(range(len(groups)), groups, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} (dots: seeds; squares: mean ± 2 SE)")
+    return fig

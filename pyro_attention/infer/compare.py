@@ -30,7 +30,8 @@ from tqdm import tqdm
 from pyro_attention._run_folder import RunFolder, check_output_folder
 from pyro_attention._validation import check_seed
 from pyro_attention.diagnostics import load_datatree, psis_khat, save_datatree, to_datatree
-from pyro_attention.diagnostics.plots import plot_comparison
+from pyro_attention.diagnostics.aggregate import aggregate_rows, mean_error_text
+from pyro_attention.diagnostics.plots import plot_comparison, plot_seed_spread, save_figure
 from pyro_attention.infer.evaluate import (
     check_model,
     gradient_variance,
@@ -89,6 +90,10 @@ class Comparison:
     resumed: list[str] = field(default_factory=list)
     #: the output folder's bookkeeping, while :func:`compare` writes into it
     folder: RunFolder | None = None
+    #: with several seeds: each seed's own comparison (``rows`` holds all of their rows)
+    runs: dict[int, Comparison] = field(default_factory=dict)
+    #: with several seeds: one row per method, every number's mean and ``<name>_se2``
+    aggregate: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """The ``summary.json`` content."""
@@ -102,6 +107,8 @@ class Comparison:
             "results": self.rows,
             **self.sections,
         }
+        if self.runs:
+            summary |= {"seeds": list(self.runs), "aggregate": self.aggregate}
         if self.resumed:
             summary["resumed"] = self.resumed
         return summary
@@ -125,7 +132,18 @@ class Comparison:
         return [row["method"] for row in self.rows if str(row["status"]).startswith("error")]
 
     def __str__(self) -> str:
-        return format_table(self.rows)
+        if not self.runs:
+            return format_table(self.rows)
+        columns = ("heldout_log_lik", "train_objective", "seconds", "psis_khat")
+        rows = [
+            {
+                "method": row["method"],
+                "seeds": f"{row['num_seeds']}/{len(row['seeds'])}",
+                **{name: mean_error_text(row, name) for name in columns},
+            }
+            for row in self.aggregate
+        ]
+        return format_table(rows, ("method", "seeds", *columns))
 
 
 def _cell(value: Any) -> str:
@@ -275,6 +293,7 @@ def compare(
     grad_draws: int = 20,
     local_draws: int = 64,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
     dataset: str = "custom",
     out: str | Path | None = None,
     resume: bool = False,
@@ -296,9 +315,35 @@ def compare(
         while it lasts; the files a previous run listed in its ``summary.json`` are replaced.
     :param resume: continue the interrupted run in ``out`` (same data and options): finished
         methods are taken from its files, the interrupted one goes on from its checkpoint.
+    :param seeds: several seeds (instead of ``seed``): one comparison per seed (in
+        ``out/seed-S``), each from the model's weights as passed in — the seed draws what the
+        methods draw (initialisation, guide noise, mini-batches, posterior draws); the rows
+        of every seed (with ``seed``) and :attr:`Comparison.aggregate`, the mean and two
+        standard errors per method (printed), also in ``out/summary.json``. The command line
+        (``--seeds``, ``pyro-attention sweep``) runs seeds in parallel.
     :returns: a :class:`Comparison` (``print`` it for the table); a method that failed has
         a row with an ``error`` status (see :attr:`Comparison.failed`).
     """
+    if seeds is not None:
+        return _compare_seeds(
+            model_obj,
+            train,
+            test,
+            methods,
+            seeds,
+            out=out,
+            resume=resume,
+            options={
+                "num_steps": num_steps,
+                "lr": lr,
+                "subsample_size": subsample_size,
+                "num_samples": num_samples,
+                "grad_draws": grad_draws,
+                "local_draws": local_draws,
+                "dataset": dataset,
+                "progress": progress,
+            },
+        )
     if out is not None:  # checked first: a folder that cannot be written loses every result
         check_output_folder(out)
     elif resume:
@@ -445,6 +490,53 @@ def compare(
             comparison.files.append(comparison.write_summary(state))
             folder.__exit__()
     return comparison
+
+
+def _compare_seeds(
+    model_obj: AlignmentModel | Callable[..., Any],
+    train: Any,
+    test: Any,
+    methods: Sequence[str | InferenceMethod] | None,
+    seeds: Sequence[int],
+    *,
+    out: str | Path | None,
+    resume: bool,
+    options: dict[str, Any],
+) -> Comparison:
+    """:func:`compare` once per seed, their rows together and aggregated over the seeds."""
+    if isinstance(seeds, str | int) or not list(seeds):
+        raise ValueError(f"seeds must be a non-empty list of seeds, got {seeds!r}; e.g. [0, 1, 2]")
+    seeds = [check_seed(s, "seeds") for s in seeds]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds names a seed twice: {seeds}")
+    if out is not None:
+        check_output_folder(out)
+    runs: dict[int, Comparison] = {}
+    for seed in seeds:
+        folder = None if out is None else Path(out) / f"seed-{seed}"
+        runs[seed] = compare(
+            model_obj, train, test, methods, seed=seed, out=folder, resume=resume, **options
+        )
+    first = runs[seeds[0]]
+    combined = Comparison(
+        first.model,
+        first.dataset,
+        first.device,
+        seeds[0],
+        rows=[{**row, "seed": seed} for seed, run in runs.items() for row in run.rows],
+        settings=first.settings,
+        sites=first.sites,
+        runs=runs,
+    )
+    combined.aggregate = aggregate_rows(combined.rows)
+    if out is not None:
+        with RunFolder(out, resume=True, kind="sweep") as folder_:
+            folder_.adopt_previous_files()
+            figure = plot_seed_spread(combined.rows, combined.aggregate, "heldout_log_lik")
+            combined.files = [folder_.record(save_figure(figure, Path(out) / "seeds.png"))]
+            summary = {"command": "compare()", **combined.summary()}
+            combined.files.append(folder_.write_summary(summary, "finished"))
+    return combined
 
 
 #: steps between checkpoints of an SVI method while :func:`compare` writes to a folder

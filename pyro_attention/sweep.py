@@ -1,0 +1,459 @@
+"""Sweeps: a grid of runs — command × methods × settings × seeds — one folder per cell.
+
+A *cell* is one run of a ``pyro-attention`` command (``compare gmm``, ``compare alignment``,
+``compare digits``, ``compare sgpa`` or ``sla``) with one seed, one setting of the grid and one
+entry of ``methods``. Its results are the files that command writes, in the cell's own folder
+under the sweep's ``out``; the sweep's ``summary.json`` gathers every cell's rows (each with its
+``seed``, ``setting`` and ``cell``) and their aggregate over seeds (mean and two standard errors,
+:func:`~pyro_attention.diagnostics.aggregate.aggregate_rows`), and is rewritten after every cell.
+
+A spec is a TOML file::
+
+    seeds = 5                          # or a list: [0, 1, 2]
+    [[run]]
+    command = "compare gmm"
+    methods = ["enum", "cavi", "em,nuts"]   # one cell per entry ("em,nuts": both in one cell)
+    options = { steps = 300 }              # every cell of this run: the command's options
+    grid = { lr = [0.01, 0.05] }           # one cell per combination
+
+Options are the command's own (``--num-samples`` as ``num_samples`` or ``num-samples``; ``true``
+for a flag; a list for a comma-separated option). The executor (:mod:`pyro_attention._executors`)
+decides where cells run; a cell runs in a temporary folder where it runs and comes back as
+bytes, so a Ray cluster without a shared disk fills the same folders. A cell whose folder holds a
+finished ``summary.json`` of the same command is skipped on a re-run; a cell that crashed is
+recorded with its error and run again next time; the others go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shlex
+import shutil
+import tomllib
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pyro_attention._executors import Executor
+from pyro_attention._run_folder import SUMMARY, RunFolder
+from pyro_attention.diagnostics.aggregate import IDENTITY_FIELDS, aggregate_rows, mean_error_text
+from pyro_attention.diagnostics.plots import plot_seed_spread, save_figure
+
+#: the commands a sweep can run, and the option that gives a cell its seed
+SEED_FLAGS = {
+    "compare gmm": "--seed",
+    "compare alignment": "--seed",
+    "compare digits": "--seed",
+    "compare sgpa": "--seed",
+    "sla": "--seeds",
+}
+#: options a spec may not set: the sweep sets them per cell
+RESERVED_OPTIONS = frozenset(
+    {"out", "seed", "seeds", "methods", "resume", "threads", "no_progress"}
+    | {"workers", "executor", "address"}
+)
+#: the metric of the spread plot, the first a command's rows have
+PLOT_METRICS = ("heldout_log_lik", "accuracy")
+#: columns of the printed aggregate table
+TABLE_METRICS = ("heldout_log_lik", "ppl", "alignment_accuracy", "accuracy", "nll", "seconds")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a sweep: ``pyro-attention <argv> --out <out>/<name>``."""
+
+    name: str
+    command: str
+    argv: tuple[str, ...]
+    seed: int
+    method: str | None = None
+    setting: str = ""
+
+    def arguments(self, out: Path) -> list[str]:
+        return [*self.argv, "--out", str(out / self.name)]
+
+    def command_line(self, out: Path) -> str:
+        return "pyro-attention " + shlex.join(self.arguments(out))
+
+
+# ----------------------------------------------------------------------------- the spec
+def read_spec(path: str | os.PathLike) -> dict[str, Any]:
+    """The spec in the TOML file ``path``; a clear error when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"sweep spec {str(path)!r} is not a file; name a TOML file")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"sweep spec {str(path)!r} is not valid TOML: {err}") from None
+
+
+def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
+    """``seeds``: a count ``N`` (seeds ``0 .. N-1``) or a list of distinct seeds."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where} must be a count or a list of integers, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"{where} = {value}: give at least one seed")
+        return list(range(value))
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where} must be a count (e.g. 5) or a list like [0, 1, 2]")
+    if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32 for v in value):
+        raise ValueError(f"{where} must list integers in [0, 2**32 - 1], got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{where} lists a seed twice: {value!r}")
+    return list(value)
+
+
+def _option_arguments(options: Mapping[str, Any], where: str) -> list[str]:
+    """``{"num_samples": 50, "no_lookup": true}`` as ``--num-samples 50 --no-lookup``."""
+    argv: list[str] = []
+    for key, value in options.items():
+        dest = key.replace("-", "_")
+        if dest in RESERVED_OPTIONS:
+            raise ValueError(
+                f"{where}: option {key!r} is set by the sweep itself (seeds, methods, out, "
+                "threads come from the spec's own keys and the sweep command); drop it"
+            )
+        flag = "--" + dest.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False:
+            continue
+        elif isinstance(value, list):
+            argv += [flag, ",".join(str(v) for v in value)]
+        elif isinstance(value, int | float | str):
+            argv += [flag, str(value)]
+        else:
+            raise ValueError(f"{where}: option {key!r} has a value TOML cannot pass: {value!r}")
+    return argv
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", text) or "_"
+
+
+def expand_spec(spec: Mapping[str, Any], *, threads: int = 1) -> list[Cell]:
+    """Every cell of ``spec`` (see the module's docstring), in the spec's order."""
+    unknown = set(spec) - {"seeds", "run"}
+    if unknown:
+        raise ValueError(f"sweep spec: unknown key(s) {sorted(unknown)}; use seeds and [[run]]")
+    seeds = parse_seeds(spec.get("seeds", 1))
+    runs = spec.get("run")
+    if not isinstance(runs, list) or not runs:
+        raise ValueError('sweep spec names no run; add [[run]] with command = "compare gmm"')
+    cells: list[Cell] = []
+    for number, run in enumerate(runs, 1):
+        where = f"[[run]] {number}"
+        unknown = set(run) - {"command", "methods", "options", "grid", "seeds"}
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown key(s) {sorted(unknown)}; use command, methods, options, "
+                "grid, seeds"
+            )
+        command = run.get("command")
+        if command not in SEED_FLAGS:
+            raise ValueError(
+                f"{where}: command {command!r} is not one a sweep runs; use one of "
+                f"{', '.join(SEED_FLAGS)}"
+            )
+        run_seeds = parse_seeds(run["seeds"], f"{where} seeds") if "seeds" in run else seeds
+        methods = run.get("methods", [None])
+        if command == "sla" and "methods" in run:
+            raise ValueError(f"{where}: sla has no methods; put its variants in grid or options")
+        if not isinstance(methods, list) or not methods:
+            raise ValueError(f"{where}: methods must be a non-empty list like ['enum', 'cavi']")
+        options = run.get("options", {})
+        grid = run.get("grid", {})
+        if not isinstance(options, dict) or not isinstance(grid, dict):
+            raise ValueError(f"{where}: options and grid must be tables")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{where}: grid.{key} must be a non-empty list of values")
+            if key in options:
+                raise ValueError(f"{where}: {key!r} is in both options and grid; keep one")
+        fixed = _option_arguments(options, where)
+        model = command.split()[-1]
+        for values in itertools.product(*grid.values()):
+            setting = dict(zip(grid, values, strict=True))
+            setting_text = ",".join(f"{k}={v}" for k, v in setting.items())
+            varied = _option_arguments(setting, where)
+            for method in methods:
+                if method is not None and (not isinstance(method, str) or not method.strip()):
+                    raise ValueError(f"{where}: methods lists {method!r}; name methods")
+                method_argv = [] if method is None else ["--methods", method]
+                for seed in run_seeds:
+                    parts = [model, _slug(setting_text or "default"), _slug(method or "default")]
+                    cells.append(
+                        Cell(
+                            name="/".join([*parts, f"seed-{seed}"]),
+                            command=command,
+                            argv=(
+                                *command.split(),
+                                *method_argv,
+                                *fixed,
+                                *varied,
+                                SEED_FLAGS[command],
+                                str(seed),
+                                "--threads",
+                                str(threads),
+                                "--no-progress",
+                            ),
+                            seed=seed,
+                            method=method,
+                            setting=setting_text,
+                        )
+                    )
+    names = [cell.name for cell in cells]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"sweep spec: two cells would write {twice[0]}; make the runs differ")
+    return cells
+
+
+# ----------------------------------------------------------------------------- running
+@dataclass
+class Sweep:
+    """What a sweep ran: a record per cell, every cell's rows and their aggregate over seeds."""
+
+    cells: list[Cell]
+    records: dict[str, dict[str, Any]]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    aggregate: list[dict[str, Any]] = field(default_factory=list)
+    out: Path | None = None
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[str]:
+        """The cells that crashed or were interrupted, and the methods whose row is an error."""
+        crashed = [n for n, r in self.records.items() if r["status"] not in ("finished",)]
+        errors = [
+            f"{row['cell']}: {row.get('method', '?')}"
+            for row in self.rows
+            if str(row.get("status", "ok")).startswith("error")
+        ]
+        return crashed + errors
+
+    def to_dataframe(self) -> Any:
+        """Every cell's rows as a ``pandas.DataFrame``."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def __str__(self) -> str:
+        metrics = [m for m in TABLE_METRICS if any(m in row for row in self.aggregate)]
+        labels = {
+            "command": len({row.get("command") for row in self.aggregate}) > 1,
+            "setting": any(row.get("setting") for row in self.aggregate),
+        }
+        header = [*(k for k, shown in labels.items() if shown), "method", "seeds", *metrics]
+        lines = [header]
+        for row in self.aggregate:
+            lines.append(
+                [
+                    *(str(row.get(k) or "-") for k, shown in labels.items() if shown),
+                    " ".join(str(row[k]) for k in IDENTITY_FIELDS if k in row),
+                    f"{row['num_seeds']}/{len(row['seeds'])}",
+                    *(mean_error_text(row, m) for m in metrics),
+                ]
+            )
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+        text.insert(1, "  ".join("-" * w for w in widths))
+        crashed = [
+            f"{name}: {record['status']} {record.get('error', '')}".rstrip()
+            for name, record in self.records.items()
+            if record["status"] != "finished"
+        ]
+        return "\n".join(text + (["", *crashed] if crashed else []))
+
+
+def finished_cell(out: Path, cell: Cell) -> bool:
+    """Whether ``cell``'s folder holds the finished results of the same command."""
+    try:
+        summary = json.loads((out / cell.name / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(summary, dict) or summary.get("state") != "finished":
+        return False
+    command = str((summary.get("provenance") or {}).get("command") or "")
+    words = shlex.split(command)[1:]
+    if "--out" in words:  # the same command, wherever the folder was named from
+        at = words.index("--out")
+        del words[at : at + 2]
+    return words == list(cell.argv)
+
+
+def _store_files(final: Path, files: Mapping[str, bytes]) -> None:
+    """Put a cell's files in ``final`` as one rename (a crash leaves the old folder or none)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.{uuid.uuid4().hex}.partial"
+    staging.mkdir()
+    for name, data in files.items():
+        if Path(name).name != name or name.startswith("."):
+            raise ValueError(f"a cell returned a file named {name!r}; expected a plain name")
+        (staging / name).write_bytes(data)
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.{uuid.uuid4().hex}.old"
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Folders of cells that a killed sweep was writing or replacing."""
+    for pattern in ("**/.*.partial", "**/.*.old"):
+        for path in out.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _cell_rows(out: Path, cell: Cell) -> list[dict[str, Any]]:
+    """The rows of a finished cell, labelled with the cell, its command, setting and seed."""
+    summary = json.loads((out / cell.name / SUMMARY).read_text())
+    rows = summary.get("results") or summary.get("runs") or []
+    labelled = []
+    for row in rows:
+        labelled.append(
+            {
+                "command": cell.command,
+                "setting": cell.setting,
+                **row,
+                "seed": row.get("seed", cell.seed),
+                "cell": cell.name,
+            }
+        )
+    return labelled
+
+
+def _outcome_record(cell: Cell, outcome: Any, out: Path) -> dict[str, Any]:
+    """Store a cell's outcome (its files, its log) and say how it ended."""
+    record: dict[str, Any] = {
+        "cell": cell.name,
+        "seed": cell.seed,
+        "command": cell.command_line(out),
+    }
+    if isinstance(outcome, BaseException):
+        return record | {"status": "failed", "error": f"{type(outcome).__name__}: {outcome}"}
+    code = outcome["exit_code"]
+    log = out / "logs" / (cell.name.replace("/", "__") + ".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(outcome["log"])
+    record |= {"exit_code": code, "seconds": outcome["seconds"], "log": str(log.relative_to(out))}
+    if code == 130:
+        return record | {"status": "interrupted"}
+    if code not in (0, 1) or SUMMARY not in outcome["files"]:
+        last = (outcome["log"].strip().splitlines() or ["no output"])[-1]
+        return record | {"status": "failed", "error": f"exit status {code}: {last}"}
+    _store_files(out / cell.name, outcome["files"])
+    return record | {"status": "finished"}
+
+
+def run_cells(
+    cells: Sequence[Cell],
+    fn: Callable[[dict[str, Any]], dict[str, Any]],
+    executor: Executor,
+    out: str | os.PathLike,
+    *,
+    description: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> Sweep:
+    """Run ``cells`` (those not finished in ``out`` already) with ``executor``.
+
+    :param fn: the cell runner: ``fn({"argv": [...], "command": str})`` runs the command in a
+        folder of its own and returns ``{"exit_code", "files": {name: bytes}, "log",
+        "seconds"}`` (:func:`pyro_attention.cli.run_cell`).
+    :param out: the sweep's folder; cell ``c`` writes ``out/c.name``.
+    :param description: more to record in ``summary.json`` (the spec, the command).
+    :returns: a :class:`Sweep`; an interrupt writes ``state: interrupted`` and re-raises.
+    """
+    out = Path(out)
+    sweep = Sweep(list(cells), {}, out=out)
+    header = {**(description or {}), "executor": executor.describe()}
+    with RunFolder(out, resume=True, option="--out", kind="sweep") as folder:
+        folder.adopt_previous_files()
+        _remove_leftovers(out)
+        todo = []
+        for cell in cells:
+            if finished_cell(out, cell):
+                sweep.records[cell.name] = {
+                    "cell": cell.name,
+                    "seed": cell.seed,
+                    "command": cell.command_line(out),
+                    "status": "finished",
+                    "reused": True,
+                }
+            else:
+                todo.append(cell)
+        by_name = {cell.name: cell for cell in cells}
+
+        def write(state: str) -> Path:
+            _gather(sweep)
+            content = {
+                **header,
+                "cells": [
+                    sweep.records.get(c.name, {"cell": c.name, "status": "pending"}) for c in cells
+                ],
+                "results": sweep.rows,
+                "aggregate": sweep.aggregate,
+            }
+            return folder.write_summary(content, state)
+
+        write("running")
+        state = "interrupted"
+        bar = tqdm(
+            total=len(cells), initial=len(cells) - len(todo), desc="cells", disable=not progress
+        )
+        try:
+            jobs = [
+                (c.name, {"argv": c.arguments(out), "command": c.command_line(out)}) for c in todo
+            ]
+            for name, outcome in executor.run(fn, jobs):
+                record = _outcome_record(by_name[name], outcome, out)
+                sweep.records[name] = record
+                if record["status"] == "interrupted":
+                    raise KeyboardInterrupt
+                write("running")
+                bar.update()
+            state = "finished"
+            _gather(sweep)
+            metric = next((m for m in PLOT_METRICS if any(m in r for r in sweep.rows)), None)
+            if metric is not None and sweep.aggregate:
+                fig = plot_seed_spread(sweep.rows, sweep.aggregate, metric, label=_group_label)
+                sweep.files.append(folder.record(save_figure(fig, out / "seeds.png")))
+        finally:
+            bar.close()
+            sweep.files.append(write(state))
+    return sweep
+
+
+def _group_label(row: Mapping[str, Any]) -> str:
+    identity = " ".join(str(row[k]) for k in IDENTITY_FIELDS if k in row)
+    parts = [row.get("command", "").removeprefix("compare "), row.get("setting") or "", identity]
+    return " ".join(p for p in parts if p)
+
+
+def _gather(sweep: Sweep) -> None:
+    """Rebuild ``sweep.rows`` (in the cells' order) and their aggregate."""
+    assert sweep.out is not None
+    rows: list[dict[str, Any]] = []
+    for cell in sweep.cells:
+        if sweep.records.get(cell.name, {}).get("status") == "finished":
+            rows += _cell_rows(sweep.out, cell)
+    sweep.rows = rows
+    sweep.aggregate = aggregate_rows(rows, by=("command", "setting", *IDENTITY_FIELDS))
+
+
+def iter_cells_text(cells: Sequence[Cell], out: Path) -> Iterator[str]:
+    """The command line of every cell (``--dry-run``)."""
+    for cell in cells:
+        done = " (finished)" if finished_cell(out, cell) else ""
+        yield cell.command_line(out) + done
