@@ -31,7 +31,7 @@ import torch
 from _common import environment, print_machine, save_figures
 
 from pyro_attention import cli
-from pyro_attention._executors import ProcessExecutor, RayExecutor, SerialExecutor
+from pyro_attention.executors import ProcessExecutor, RayExecutor, SerialExecutor
 from pyro_attention.sweep import Cell, run_cells
 
 
@@ -80,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", type=int, default=8, help="cells (seeds) per variant")
     parser.add_argument("--methods", default="enum", help="methods of each cell")
-    parser.add_argument("--steps", type=int, default=200, help="SVI steps of each cell")
+    parser.add_argument("--steps", type=int, default=1000, help="SVI steps of each cell")
     parser.add_argument("--rounds", type=int, default=1, help="rounds (median of the walls)")
     parser.add_argument("--variants", nargs="+", default=["serial", "local-1", "local-2", "ray-2"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process")

@@ -6,13 +6,17 @@ the latent-alignment seq2seq model on a generated task with the nine objectives 
 (2018); ``pyro-attention compare digits`` fits the Bernoulli mixture of binarized digits and
 compares the missing-pixel lookup; ``pyro-attention compare sgpa`` compares sparse-GP attention
 with softmax attention and its calibration baselines; ``pyro-attention sla`` runs the
-stacked-attention depth study::
+stacked-attention depth study; ``--seeds`` runs a comparison once per seed and reports the mean
+± 2 SE; ``pyro-attention sweep SPEC`` runs a grid of comparisons from a TOML spec on a local
+process pool or Ray (:mod:`pyro_attention.sweep`)::
 
     pyro-attention compare gmm --methods enum,cavi --steps 3000 --device cuda --out runs/gmm
     pyro-attention compare alignment --task dates --epochs 40 --out runs/dates
     pyro-attention compare digits --threads 1 --out runs/digits
     pyro-attention compare sgpa --task sequence --seeds 5 --out runs/sgpa-sequence
     pyro-attention sla --depths 1,2,4,8 --out runs/sla
+    pyro-attention compare gmm --seeds 5 --workers 2
+    pyro-attention sweep examples/gmm_sweep.toml --executor ray
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from typing import Any
 
 import torch
 
-from pyro_attention._executors import EXECUTORS, make_executor
 from pyro_attention._run_folder import check_output_folder, recorded_command
+from pyro_attention.executors import EXECUTORS, make_executor
 from pyro_attention.infer.registry import get_method, method_names
 
 MODELS = ("gmm", "alignment", "digits", "sgpa")
@@ -695,7 +699,10 @@ def _compare_alignment(args: argparse.Namespace) -> int:
 def _seeds(text: str, first: int) -> list[int]:
     """``--seeds``: a count N (``first .. first + N - 1``) or a comma-separated list."""
     if "," in text:
-        return _int_list(text, "--seeds")
+        seeds = _int_list(text, "--seeds", low=0)
+        if len(set(seeds)) != len(seeds) or max(seeds) >= 2**32:
+            raise ValueError(f"--seeds {text}: list distinct seeds in [0, 2**32 - 1]")
+        return seeds
     try:
         count = int(text)
     except ValueError:

@@ -17,7 +17,7 @@ A spec is a TOML file::
     grid = { lr = [0.01, 0.05] }           # one cell per combination
 
 Options are the command's own (``--num-samples`` as ``num_samples`` or ``num-samples``; ``true``
-for a flag; a list for a comma-separated option). The executor (:mod:`pyro_attention._executors`)
+for a flag; a list for a comma-separated option). The executor (:mod:`pyro_attention.executors`)
 decides where cells run; a cell runs in a temporary folder where it runs and comes back as
 bytes, so a Ray cluster without a shared disk fills the same folders. A cell whose folder holds a
 finished ``summary.json`` of the same command is skipped on a re-run; a cell that crashed is
@@ -41,10 +41,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pyro_attention._executors import Executor
 from pyro_attention._run_folder import SUMMARY, RunFolder
 from pyro_attention.diagnostics.aggregate import IDENTITY_FIELDS, aggregate_rows, mean_error_text
 from pyro_attention.diagnostics.plots import plot_seed_spread, save_figure
+from pyro_attention.executors import Executor
 
 #: the commands a sweep can run, and the option that gives a cell its seed
 SEED_FLAGS = {

@@ -19,15 +19,15 @@ from conftest import require
 from sweep_helpers import die_once
 
 from pyro_attention import cli
-from pyro_attention._executors import (
+from pyro_attention._run_folder import provenance, recorded_command
+from pyro_attention.diagnostics.aggregate import aggregate_rows
+from pyro_attention.executors import (
     ProcessExecutor,
     RayExecutor,
     SerialExecutor,
     WorkerLostError,
     make_executor,
 )
-from pyro_attention._run_folder import provenance, recorded_command
-from pyro_attention.diagnostics.aggregate import aggregate_rows
 from pyro_attention.sweep import Cell, expand_spec, finished_cell, run_cells
 
 #: a small, fast cell: two closed-form methods and a few enum steps
@@ -150,6 +150,8 @@ def test_bad_specs_are_refused_before_any_cell_runs(text, message, tmp_path, cap
     [
         (["compare", "gmm", "--workers", "2"], "--workers spreads the runs of --seeds"),
         (["compare", "gmm", "--seeds", "0"], "--seeds 0: give at least one seed"),
+        (["compare", "gmm", "--seeds", "1,1"], "--seeds 1,1: list distinct seeds"),
+        (["compare", "gmm", "--seeds", "1,-1"], "--seeds must list integers >= 0"),
         (["compare", "gmm", "--seeds", "2", "--workers", "0"], "--workers must be an integer"),
         (["compare", "gmm", "--seeds", "2", "--resume"], "--resume: a --seeds run always"),
         (["compare", "gmm", "--seeds", "2", "--address", "auto"], "--address names a Ray"),
