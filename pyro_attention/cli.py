@@ -698,18 +698,9 @@ def _compare_alignment(args: argparse.Namespace) -> int:
 
 def _seeds(text: str, first: int) -> list[int]:
     """``--seeds``: a count N (``first .. first + N - 1``) or a comma-separated list."""
-    if "," in text:
-        seeds = _int_list(text, "--seeds", low=0)
-        if len(set(seeds)) != len(seeds) or max(seeds) >= 2**32:
-            raise ValueError(f"--seeds {text}: list distinct seeds in [0, 2**32 - 1]")
-        return seeds
-    try:
-        count = int(text)
-    except ValueError:
-        raise ValueError(f"--seeds {text!r} is neither a count nor a list like 0,1,2") from None
-    if count < 1:
-        raise ValueError(f"--seeds {count}: give at least one seed")
-    return list(range(first, first + count))
+    from pyro_attention.sweep import parse_seed_text
+
+    return parse_seed_text(text, "--seeds", first)
 
 
 def _compare_sgpa(args: argparse.Namespace) -> int:
@@ -786,6 +777,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     """
     argv = list(job["argv"])
     at = argv.index("--out") + 1
+    final = argv[at]
     log = io.StringIO()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pyro-attention-cell-") as folder:
@@ -804,7 +796,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "exit_code": code,
         "files": files,
-        "log": log.getvalue(),
+        "log": log.getvalue().replace(folder, final),
         "seconds": time.perf_counter() - start,
     }
 
@@ -819,6 +811,10 @@ def _executor(
         raise ValueError(
             f"--executor serial runs one cell at a time; drop --workers {args.workers}"
         )
+    if num_gpus and args.executor != "ray":
+        raise ValueError("--gpus-per-cell sets a Ray task's GPUs; add --executor ray or drop it")
+    if retries is not None and args.executor == "serial":
+        raise ValueError("--retries restarts cells whose worker died; the serial executor has none")
     default_retries = 3 if args.executor == "ray" else 1
     return make_executor(
         args.executor,
@@ -831,20 +827,36 @@ def _executor(
 
 
 def _run_sweep_cells(
-    cells: list, args: argparse.Namespace, executor: Any, **description: Any
+    cells: list, args: argparse.Namespace, executor: Any, kind: str, **description: Any
 ) -> int:
     from pyro_attention.sweep import run_cells
 
+    connect = getattr(executor, "connect", None)
+    if connect is not None:  # a cluster that cannot be reached is refused before any file
+        try:
+            connect()
+        except Exception as err:
+            where = f"--address {args.address}" if args.address else "--executor ray"
+            raise ValueError(f"{where}: cannot start or reach Ray ({err})") from None
     sweep = run_cells(
         cells,
         run_cell,
         executor,
         args.out,
+        kind=kind,
         description=description,
         progress=not args.no_progress,
     )
     print(sweep)
-    print(f"\nwrote {len(cells)} cell folders and summary.json to {args.out}")
+    records = sweep.records.values()
+    kept = sum(1 for r in records if r.get("reused"))
+    done = sum(1 for r in records if r["status"] == "finished") - kept
+    crashed = len(cells) - kept - done
+    print(
+        f"\n{len(cells)} cells: {done} run now, {kept} kept from an earlier run"
+        + (f", {crashed} failed" if crashed else "")
+        + f"; summary.json and the cells' folders in {args.out}"
+    )
     if sweep.failed:
         print(
             f"error: {len(sweep.failed)} failed: {', '.join(sweep.failed)} (see summary.json and "
@@ -873,8 +885,17 @@ def _compare_seeds(args: argparse.Namespace) -> int:
         )
         for seed in seeds
     ]
-    executor = _executor(args, num_gpus=1.0 if args.device.startswith("cuda") else 0.0)
-    return _run_sweep_cells(cells, args, executor, command=f"compare {args.model}", seeds=seeds)
+    executor = _executor(
+        args, num_gpus=1.0 if args.device.startswith("cuda") and args.executor == "ray" else 0.0
+    )
+    return _run_sweep_cells(
+        cells,
+        args,
+        executor,
+        f"compare {args.model} --seeds",
+        command=f"compare {args.model}",
+        seeds=seeds,
+    )
 
 
 def check_cell_command(argv: Sequence[str]) -> None:
@@ -883,6 +904,7 @@ def check_cell_command(argv: Sequence[str]) -> None:
     if args.command == "compare" and args.model == "alignment" and args.task is None:
         args.task = "dates"
     check_options(args)
+    _device(args.device)
     if args.command != "compare":
         return
     _refuse_foreign_options(args)
@@ -924,13 +946,16 @@ def _sweep(args: argparse.Namespace) -> int:
     on_cuda = any("cuda" in cell.argv for cell in cells) or any(
         a.startswith("cuda") for cell in cells for a in cell.argv
     )
-    gpus = args.gpus_per_cell if args.gpus_per_cell is not None else float(on_cuda)
+    if args.gpus_per_cell is not None:
+        gpus = args.gpus_per_cell
+    else:
+        gpus = float(on_cuda and args.executor == "ray")
     executor = _executor(args, num_gpus=gpus, retries=args.retries)
     if args.dry_run:
         for line in iter_cells_text(cells, Path(args.out)):
             print(line)
         return 0
-    return _run_sweep_cells(cells, args, executor, spec=str(args.spec), spec_content=spec)
+    return _run_sweep_cells(cells, args, executor, "sweep", spec=str(args.spec), spec_content=spec)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -947,6 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         if args.command == "compare":  # checked first: an unwritable folder loses every result
             _refuse_foreign_options(args)
+            _device(args.device)
             check_output_folder(args.out, "--out")
             if args.resume and args.model not in RESUMABLE:
                 raise ValueError(

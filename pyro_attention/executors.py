@@ -27,6 +27,7 @@ import concurrent.futures as futures
 import math
 import multiprocessing
 import os
+import socket
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
@@ -223,13 +224,16 @@ class RayExecutor:
             raise ValueError(f"num_gpus must be a finite number >= 0, got {num_gpus!r}")
         self.num_gpus = float(num_gpus)
         self.retries = _check_count("retries", retries, 0)
+        self._started = False
 
-    def _start(self) -> bool:
-        """Connect to (or start) Ray; whether this run started it (and must stop it)."""
+    def connect(self) -> None:
+        """Connect to the cluster (or start the local instance) now, so that an address that
+        cannot be reached fails before any work; :meth:`run` then uses this connection and
+        stops an instance it started."""
         import ray
 
         if ray.is_initialized():
-            return False
+            return
         env = {"env_vars": {"OMP_NUM_THREADS": str(self.num_cpus)}}
         if self.address is None:
             ray.init(
@@ -239,14 +243,15 @@ class RayExecutor:
                 runtime_env=env,
             )
         else:
+            _check_reachable(self.address)
             ray.init(address=self.address, log_to_driver=False, runtime_env=env)
-        return True
+        self._started = True
 
     def run(self, fn: Callable[[Any], Any], tasks: Sequence[Task]) -> Iterator[Outcome]:
         import ray
         from ray.exceptions import RayError, RayTaskError
 
-        started = self._start()
+        self.connect()
         remote = ray.remote(
             num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.retries
         )(fn)
@@ -267,8 +272,9 @@ class RayExecutor:
         finally:
             for ref in waiting:
                 ray.cancel(ref, force=True)
-            if started:
+            if self._started:
                 ray.shutdown()
+                self._started = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -278,6 +284,20 @@ class RayExecutor:
             "num_cpus": self.num_cpus,
             "num_gpus": self.num_gpus,
         }
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse a ``host:port`` (or ``ray://host:port``) where nothing listens: Ray itself keeps
+    trying to connect for minutes without a word."""
+    if address in ("auto", "local"):
+        return  # Ray finds (or fails to find) the running cluster at once
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConnectionError(f"{address!r} is not host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConnectionError(f"nothing answers at {host}:{port} ({err.strerror or err})") from None
 
 
 EXECUTORS = ("local", "ray", "serial")

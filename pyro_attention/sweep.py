@@ -62,7 +62,10 @@ RESERVED_OPTIONS = frozenset(
 #: the metric of the spread plot, the first a command's rows have
 PLOT_METRICS = ("heldout_log_lik", "accuracy")
 #: columns of the printed aggregate table
-TABLE_METRICS = ("heldout_log_lik", "ppl", "alignment_accuracy", "accuracy", "nll", "seconds")
+TABLE_METRICS = (
+    *("heldout_log_lik", "train_objective", "ppl", "alignment_accuracy", "accuracy", "nll"),
+    *("psis_khat", "seconds"),
+)
 
 
 @dataclass(frozen=True)
@@ -95,21 +98,45 @@ def read_spec(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"sweep spec {str(path)!r} is not valid TOML: {err}") from None
 
 
-def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
-    """``seeds``: a count ``N`` (seeds ``0 .. N-1``) or a list of distinct seeds."""
+#: the most seeds one run or sweep takes (each is a whole run of its command)
+MAX_SEEDS = 10_000
+
+
+def parse_seeds(value: Any, where: str = "seeds", first: int = 0) -> list[int]:
+    """``seeds``: a count ``N`` (seeds ``first .. first + N - 1``, at most :data:`MAX_SEEDS`)
+    or a list of distinct seeds in ``[0, 2**32)``."""
     if isinstance(value, bool):
         raise ValueError(f"{where} must be a count or a list of integers, got {value!r}")
     if isinstance(value, int):
-        if value < 1:
-            raise ValueError(f"{where} = {value}: give at least one seed")
-        return list(range(value))
+        given = f"{where} {value}" if where.startswith("--") else f"{where} = {value}"
+        if not 1 <= value <= MAX_SEEDS:
+            raise ValueError(f"{given}: give a count from 1 to {MAX_SEEDS:,}")
+        if first + value > 2**32:
+            raise ValueError(f"{given} from seed {first} passes the last seed, 2**32 - 1")
+        return list(range(first, first + value))
     if not isinstance(value, list) or not value:
         raise ValueError(f"{where} must be a count (e.g. 5) or a list like [0, 1, 2]")
     if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32 for v in value):
         raise ValueError(f"{where} must list integers in [0, 2**32 - 1], got {value!r}")
     if len(set(value)) != len(value):
         raise ValueError(f"{where} lists a seed twice: {value!r}")
+    if len(value) > MAX_SEEDS:
+        raise ValueError(f"{where} lists {len(value):,} seeds; at most {MAX_SEEDS:,}")
     return list(value)
+
+
+def parse_seed_text(text: str, where: str = "--seeds", first: int = 0) -> list[int]:
+    """A command line's seeds: ``"5"`` (a count from ``first``) or ``"0,3,7"`` (a list)."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        numbers = [int(part) for part in parts]
+    except ValueError:
+        raise ValueError(
+            f"{where} {text!r} is neither a count (5) nor a list of seeds (0,3,7)"
+        ) from None
+    if len(numbers) == 1 and "," not in text:
+        return parse_seeds(numbers[0], where, first)
+    return parse_seeds(numbers, where)
 
 
 def _option_arguments(options: Mapping[str, Any], where: str) -> list[str]:
@@ -363,6 +390,7 @@ def run_cells(
     executor: Executor,
     out: str | os.PathLike,
     *,
+    kind: str = "sweep",
     description: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> Sweep:
@@ -372,13 +400,15 @@ def run_cells(
         folder of its own and returns ``{"exit_code", "files": {name: bytes}, "log",
         "seconds"}`` (:func:`pyro_attention.cli.run_cell`).
     :param out: the sweep's folder; cell ``c`` writes ``out/c.name``.
+    :param kind: what the folder holds (``sweep``, ``compare gmm --seeds``): a folder of another
+        kind of run is refused, so that neither overwrites the other's summary.
     :param description: more to record in ``summary.json`` (the spec, the command).
     :returns: a :class:`Sweep`; an interrupt writes ``state: interrupted`` and re-raises.
     """
     out = Path(out)
     sweep = Sweep(list(cells), {}, out=out)
     header = {**(description or {}), "executor": executor.describe()}
-    with RunFolder(out, resume=True, option="--out", kind="sweep") as folder:
+    with RunFolder(out, resume=True, option="--out", kind=kind) as folder:
         folder.adopt_previous_files()
         _remove_leftovers(out)
         todo = []
@@ -394,6 +424,11 @@ def run_cells(
             else:
                 todo.append(cell)
         by_name = {cell.name: cell for cell in cells}
+        stale = sorted(  # results of cells that are not in this run (another spec, seeds)
+            str(path.parent.relative_to(out))
+            for path in out.glob(f"**/{SUMMARY}")
+            if path.parent != out and str(path.parent.relative_to(out)) not in by_name
+        )
 
         def write(state: str) -> Path:
             _gather(sweep)
@@ -402,6 +437,7 @@ def run_cells(
                 "cells": [
                     sweep.records.get(c.name, {"cell": c.name, "status": "pending"}) for c in cells
                 ],
+                "stale_cells": stale,
                 "results": sweep.rows,
                 "aggregate": sweep.aggregate,
             }

@@ -101,7 +101,10 @@ def test_a_spec_expands_to_one_cell_per_method_setting_and_seed():
         ("seeds = 2\n", "names no run"),
         ('colour = 1\n[[run]]\ncommand = "compare gmm"\n', "unknown key(s) ['colour']"),
         ('[[run]]\ncommand = "compare nope"\n', "command 'compare nope' is not one a sweep runs"),
-        ('seeds = 0\n[[run]]\ncommand = "compare gmm"\n', "seeds = 0: give at least one seed"),
+        (
+            'seeds = 0\n[[run]]\ncommand = "compare gmm"\n',
+            "seeds = 0: give a count from 1 to 10,000",
+        ),
         ('seeds = [1, 1]\n[[run]]\ncommand = "compare gmm"\n', "lists a seed twice"),
         ('seeds = [-1]\n[[run]]\ncommand = "compare gmm"\n', "integers in [0, 2**32 - 1]"),
         ('[[run]]\ncommand = "compare gmm"\ngrid = { lr = [] }\n', "grid.lr must be a non-empty"),
@@ -149,19 +152,66 @@ def test_bad_specs_are_refused_before_any_cell_runs(text, message, tmp_path, cap
     ("argv", "message"),
     [
         (["compare", "gmm", "--workers", "2"], "--workers spreads the runs of --seeds"),
-        (["compare", "gmm", "--seeds", "0"], "--seeds 0: give at least one seed"),
-        (["compare", "gmm", "--seeds", "1,1"], "--seeds 1,1: list distinct seeds"),
-        (["compare", "gmm", "--seeds", "1,-1"], "--seeds must list integers >= 0"),
+        (["compare", "gmm", "--seeds", "0"], "--seeds 0: give a count from 1 to 10,000"),
+        (["compare", "gmm", "--seeds", str(2**32)], "--seeds 4294967296: give a count from 1"),
+        (["compare", "gmm", "--seeds", "1,1"], "--seeds lists a seed twice: [1, 1]"),
+        (["compare", "gmm", "--seeds", "1,-1"], "--seeds must list integers in [0, 2**32 - 1]"),
+        (["compare", "gmm", "--seeds", "1,,2"], "--seeds '1,,2' is neither a count"),
+        (["compare", "gmm", "--seeds", "2", "--seed", str(2**32 - 1)], "passes the last seed"),
+        (["compare", "gmm", "--seeds", "2", "--device", "tpu"], "--device 'tpu'"),
         (["compare", "gmm", "--seeds", "2", "--workers", "0"], "--workers must be an integer"),
         (["compare", "gmm", "--seeds", "2", "--resume"], "--resume: a --seeds run always"),
         (["compare", "gmm", "--seeds", "2", "--address", "auto"], "--address names a Ray"),
         (["compare", "sgpa", "--seeds", "2", "--workers", "2"], "spread them with"),
+        (
+            ["compare", "gmm", "--seeds", "2", "--executor", "ray", "--address", "127.0.0.1:1"],
+            "--address 127.0.0.1:1: cannot start or reach Ray (nothing answers at 127.0.0.1:1",
+        ),
+        (
+            ["compare", "gmm", "--seeds", "2", "--executor", "ray", "--address", "x"],
+            "'x' is not host:port, ray://host:port or auto",
+        ),
     ],
 )
 def test_bad_seed_and_executor_options_are_refused(argv, message, tmp_path, capsys):
-    assert cli.main([*argv, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert cli.main([*argv, "--methods", "em", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--gpus-per-cell", "0.5"], "--gpus-per-cell sets a Ray task's GPUs"),
+        (["--executor", "serial", "--retries", "2"], "the serial executor has none"),
+        (["--gpus-per-cell", "nan", "--executor", "ray"], "--gpus-per-cell must be a finite"),
+    ],
+)
+def test_executor_options_that_do_not_apply_are_refused(options, message, tmp_path, capsys):
+    spec = _spec(tmp_path, '[[run]]\ncommand = "compare gmm"\nmethods = ["em"]\n')
+    assert cli.main(["sweep", str(spec), *options, "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_folder_holds_one_kind_of_run(tmp_path, capsys):
+    """A --seeds run, a sweep and a single comparison never write over each other's summary;
+    cells of an earlier run that this one does not have are listed as stale."""
+    out = tmp_path / "seeds"
+    small = ["compare", "gmm", "--methods", "em", "--no-progress"]
+    assert cli.main([*small, "--seeds", "3", "--out", str(out)]) == 0
+    assert cli.main([*small, "--seeds", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "compare gmm --seeds" and summary["stale_cells"] == ["seed-2"]
+    assert [c.get("reused") for c in summary["cells"]] == [True, True]
+    assert "2 cells: 0 run now, 2 kept from an earlier run" in capsys.readouterr().out
+    spec = _spec(tmp_path, '[[run]]\ncommand = "compare gmm"\nmethods = ["em"]\n')
+    assert cli.main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 2
+    assert cli.main([*small, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds the results of 'compare gmm --seeds', not of 'sweep'" in err
+    assert "holds the results of 'compare gmm --seeds', not of 'compare gmm'" in err
+    assert json.loads((out / "summary.json").read_text()) == summary
 
 
 # ----------------------------------------------------------------------------- compare --seeds
@@ -380,6 +430,7 @@ def test_a_cell_records_its_own_command_and_returns_its_files(tmp_path):
     assert {"summary.json", "cavi.nc", "em.nc"} <= set(outcome["files"])
     summary = json.loads(outcome["files"]["summary.json"])
     assert summary["provenance"]["command"] == job["command"]
+    assert f"to {tmp_path / 'o' / cell.name}" in outcome["log"]  # where its files will be
     assert not (tmp_path / "o").exists()  # the cell ran elsewhere; the driver stores it
     with recorded_command("pyro-attention x"):
         assert provenance()["command"] == "pyro-attention x"

@@ -17,6 +17,7 @@ continues the interrupted one from its checkpoint, to the same result as an unin
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -492,6 +493,16 @@ def compare(
     return comparison
 
 
+def _as_int(value: Any) -> Any:
+    """A numpy or torch integer (or a 0-d integer tensor) as ``int``; anything else as is."""
+    if isinstance(value, bool):
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
+
+
 def _compare_seeds(
     model_obj: AlignmentModel | Callable[..., Any],
     train: Any,
@@ -506,7 +517,7 @@ def _compare_seeds(
     """:func:`compare` once per seed, their rows together and aggregated over the seeds."""
     if isinstance(seeds, str | int) or not list(seeds):
         raise ValueError(f"seeds must be a non-empty list of seeds, got {seeds!r}; e.g. [0, 1, 2]")
-    seeds = [check_seed(s, "seeds") for s in seeds]
+    seeds = [check_seed(_as_int(s), "seeds") for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds names a seed twice: {seeds}")
     if out is not None:
@@ -530,7 +541,7 @@ def _compare_seeds(
     )
     combined.aggregate = aggregate_rows(combined.rows)
     if out is not None:
-        with RunFolder(out, resume=True, kind="sweep") as folder_:
+        with RunFolder(out, resume=True, kind=f"compare {first.model} --seeds") as folder_:
             folder_.adopt_previous_files()
             figure = plot_seed_spread(combined.rows, combined.aggregate, "heldout_log_lik")
             combined.files = [folder_.record(save_figure(figure, Path(out) / "seeds.png"))]

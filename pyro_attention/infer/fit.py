@@ -12,6 +12,7 @@ parameters whose loss was finite (:class:`NonFiniteLossError`).
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import time
 import warnings
@@ -399,6 +400,7 @@ def svi_fit(
                 checkpoint_every=checkpoint_every,
                 resume=resume,
                 guide=guide if last else None,
+                seed=seed,
             )
         except NonFiniteLossError as err:
             if result is not None:
@@ -423,6 +425,15 @@ def _prepend(first: FitResult, result: FitResult) -> FitResult:
     return result
 
 
+def initialize(model_obj: AlignmentModel, data: Any, seed: int | None) -> None:
+    """``model_obj.initialize(data)``, with the run's ``seed`` where the model takes one (the
+    k-means++ starts of the mixtures), so that each seed of a comparison starts elsewhere."""
+    if "seed" in inspect.signature(model_obj.initialize).parameters:
+        model_obj.initialize(data, seed=0 if seed is None else seed)  # type: ignore[call-arg]
+    else:
+        model_obj.initialize(data)
+
+
 def _svi_phase(
     method: InferenceMethod,
     model_obj: AlignmentModel,
@@ -439,9 +450,10 @@ def _svi_phase(
     checkpoint_every: int,
     resume: bool,
     guide: Callable | None,
+    seed: int | None,
 ) -> FitResult:
     """One SVI run of ``num_steps`` steps (see :func:`svi_fit`)."""
-    model_obj.initialize(data)
+    initialize(model_obj, data, seed)
     guide = method.guide(model_obj) if guide is None else guide
     model_fn = method.prepare(model_obj.model)
     optim = ClippedAdam({"lr": 0.05 if lr is None else lr}) if optim is None else optim
@@ -630,7 +642,7 @@ def nuts_fit(
     keeps ``max_rhat``, ``min_ess`` and ``divergences`` in ``extra``.
     """
     run_data = data.double() if method.float64 and data.is_floating_point() else data
-    model_obj.initialize(run_data)
+    initialize(model_obj, run_data, seed)
     model_fn = method.prepare(model_obj.model)
     chains: list[dict[str, torch.Tensor]] = []
     diverging = []

@@ -308,3 +308,27 @@ assert readings and all(readings), readings
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("method", ["enum", "nuts"])
+def test_each_seed_starts_from_its_own_initialisation(method, monkeypatch):
+    """A model whose ``initialize`` takes a seed (the mixtures' k-means++ start) gets the fit's:
+    the seeds of a comparison differ in their start, not only in their noise."""
+    data = load_gmm2d().train[:200]
+    starts = []
+    original = BayesianGMM.initialize
+
+    def recording(self, data, seed=0):
+        original(self, data, seed=seed)
+        starts.append((seed, self._init_values["locs"].clone()))
+
+    monkeypatch.setattr(BayesianGMM, "initialize", recording)
+    if method == "nuts":
+        method_obj = get_method("nuts", num_samples=4, warmup_steps=1, num_chains=1)
+        options = {}
+    else:
+        method_obj, options = get_method(method), {"num_steps": 1}
+    for seed in (0, 1):
+        fit(BayesianGMM(4, 2, "diag"), data, method_obj, seed=seed, progress=False, **options)
+    assert [seed for seed, _ in starts] == [0, 1]
+    assert not torch.allclose(starts[0][1], starts[1][1])
