@@ -520,12 +520,17 @@ def _import_user_modules(names: Sequence[str]) -> None:
             raise ValueError(f"--import {name}: {type(err).__name__}: {err}") from err
 
 
-def _finish(result: Any, args: argparse.Namespace) -> int:
-    """Exit status of a comparison: 1 when a method failed (its row says why), else 0."""
+def _finish(
+    result: Any,
+    args: argparse.Namespace,
+    what: str = "method(s)",
+    hint: str = "see their status; the other rows and files are in {out}",
+) -> int:
+    """Exit status of a comparison: 1 when a method (or cell) failed, naming them, else 0."""
     if result.failed:
         print(
-            f"error: {len(result.failed)} method(s) failed: {', '.join(result.failed)} "
-            f"(see their status; the other rows and files are in {args.out})",
+            f"error: {len(result.failed)} {what} failed: {', '.join(result.failed)} "
+            f"({hint.format(out=args.out)})",
             file=sys.stderr,
         )
         return 1
@@ -857,14 +862,12 @@ def _run_sweep_cells(
         + (f", {crashed} failed" if crashed else "")
         + f"; summary.json and the cells' folders in {args.out}"
     )
-    if sweep.failed:
-        print(
-            f"error: {len(sweep.failed)} failed: {', '.join(sweep.failed)} (see summary.json and "
-            f"{args.out}/logs; a re-run starts the crashed cells again)",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return _finish(
+        sweep,
+        args,
+        "cell(s) or method(s)",
+        "see summary.json and {out}/logs; a re-run starts the crashed cells again",
+    )
 
 
 def _compare_seeds(args: argparse.Namespace) -> int:

@@ -77,12 +77,7 @@ def test_sgpa_comparison_on_cuda(tmp_path):
     from pyro_attention.experiments.compare_sgpa import SGPASettings, compare_sgpa
 
     settings = SGPASettings(
-        num_train=40,
-        num_val=20,
-        steps=3,
-        d_model=8,
-        num_inducing=4,
-        ensemble_size=2,
+        num_train=40, num_val=20, steps=3, d_model=8, num_inducing=4, ensemble_size=2,
         num_samples=2,
     )
     for task in ("digits", "sequence"):

@@ -325,6 +325,14 @@ def compare(
     :returns: a :class:`Comparison` (``print`` it for the table); a method that failed has
         a row with an ``error`` status (see :attr:`Comparison.failed`).
     """
+    settings = {
+        "num_steps": num_steps,
+        "lr": lr,
+        "subsample_size": subsample_size,
+        "num_samples": num_samples,
+        "grad_draws": grad_draws,
+        "local_draws": local_draws,
+    }
     if seeds is not None:
         return _compare_seeds(
             model_obj,
@@ -334,16 +342,7 @@ def compare(
             seeds,
             out=out,
             resume=resume,
-            options={
-                "num_steps": num_steps,
-                "lr": lr,
-                "subsample_size": subsample_size,
-                "num_samples": num_samples,
-                "grad_draws": grad_draws,
-                "local_draws": local_draws,
-                "dataset": dataset,
-                "progress": progress,
-            },
+            options={**settings, "dataset": dataset, "progress": progress},
         )
     if out is not None:  # checked first: a folder that cannot be written loses every result
         check_output_folder(out)
@@ -403,14 +402,7 @@ def compare(
     comparison = Comparison(
         model_obj.name, dataset, device, seed, rows=[], sites=dict(structure.site_shapes)
     )
-    comparison.settings = {
-        "num_steps": num_steps,
-        "lr": lr,
-        "subsample_size": subsample_size,
-        "num_samples": num_samples,
-        "grad_draws": grad_draws,
-        "local_draws": local_draws,
-    }
+    comparison.settings = settings
     options: dict[str, Any] = {
         "num_steps": num_steps,
         "lr": lr,

@@ -63,11 +63,7 @@ def test_trees_hold_the_inducing_posterior_and_the_heldout_likelihood(sequence_r
     tree = load_datatree(out / "sgpa.nc")
     assert tree.attrs["seed"] == 0 and not tree.attrs["point_estimate"]
     assert dict(tree.posterior["layer0.u"].sizes) == {
-        "chain": 1,
-        "draw": 3,
-        "head": 2,
-        "value_dim": 4,
-        "inducing": 4,
+        "chain": 1, "draw": 3, "head": 2, "value_dim": 4, "inducing": 4
     }
     assert dict(tree.log_likelihood["y"].sizes) == {"chain": 1, "draw": 3, "sequence": 1000}
     assert dict(tree.posterior_predictive["y"].sizes) == {"chain": 1, "draw": 3, "sequence": 1000}
@@ -109,7 +105,9 @@ def test_prediction_averages_probabilities_over_draws():
     settings = TINY
     task = make_task("sequence", 0, settings)
     torch.manual_seed(0)
-    model = GPAttentionClassifier(**task.model_options, d_model=8, num_heads=2, num_inducing=4)
+    model = GPAttentionClassifier(
+        **task.model_options, d_model=8, num_heads=2, num_inducing=4
+    )
     result = fit(model, task.train, "svi-kl", num_steps=3, progress=False, seed=0)
     prediction = predict(model, result, task.test, num_samples=4)
     assert prediction.log_lik.shape == (4, len(task.test))

@@ -288,12 +288,7 @@ def test_rows_say_what_each_objective_is():
 def test_point_estimates_are_written_so_that_arviz_does_not_crash(tmp_path):
     data = load_gmm2d()
     compare(
-        BayesianGMM(2, 2),
-        data.train,
-        data.test,
-        [EM()],
-        num_samples=5,
-        out=tmp_path,
+        BayesianGMM(2, 2), data.train, data.test, [EM()], num_samples=5, out=tmp_path,
         progress=False,
     )
     tree = load_datatree(tmp_path / "em.nc")
@@ -322,13 +317,7 @@ def test_a_plain_pyro_function_gets_every_applicable_method():
     small_nuts = NUTS(num_samples=10, warmup_steps=10, jit_compile=False)
     methods = [small_nuts if name == "nuts" else name for name in applicable]
     result = compare(
-        poisson_mixture,
-        train,
-        test,
-        methods,
-        num_steps=3,
-        num_samples=4,
-        grad_draws=2,
+        poisson_mixture, train, test, methods, num_steps=3, num_samples=4, grad_draws=2,
         progress=False,
     )
     names = {row["method"] for row in result.rows}
@@ -455,21 +444,8 @@ def test_the_cli_exits_non_zero_when_a_method_failed_and_keeps_the_rest(tmp_path
     )
     out = tmp_path / "run"
     code = main(
-        [
-            "compare",
-            "gmm",
-            "--import",
-            str(plugin),
-            "--methods",
-            "exploding-cli,em",
-            "--steps",
-            "3",
-            "--num-samples",
-            "5",
-            "--no-progress",
-            "--out",
-            str(out),
-        ]
+        ["compare", "gmm", "--import", str(plugin), "--methods", "exploding-cli,em",
+         "--steps", "3", "--num-samples", "5", "--no-progress", "--out", str(out)]
     )
     assert code == 1
     assert "1 method(s) failed: exploding-cli" in capsys.readouterr().err
@@ -492,32 +468,16 @@ def test_an_interrupt_keeps_the_rows_of_the_methods_that_finished(tmp_path):
 
     data = load_gmm2d()
     with pytest.raises(KeyboardInterrupt):
-        compare(
-            BayesianGMM(2, 2),
-            data.train,
-            data.test,
-            ["em", Interrupted(), "cavi"],
-            num_samples=5,
-            out=tmp_path,
-            progress=False,
-        )
+        compare(BayesianGMM(2, 2), data.train, data.test, ["em", Interrupted(), "cavi"],
+                num_samples=5, out=tmp_path, progress=False)
     rows = json.loads((tmp_path / "summary.json").read_text())["results"]
     assert [row["method"] for row in rows] == ["em"]
     assert (tmp_path / "em.nc").exists()
 
 
 def test_a_bad_import_is_refused_clearly(tmp_path, capsys):
-    code = main(
-        [
-            "compare",
-            "gmm",
-            "--import",
-            str(tmp_path / "missing.py"),
-            "--out",
-            str(tmp_path / "o"),
-            "--no-progress",
-        ]
-    )
+    code = main(["compare", "gmm", "--import", str(tmp_path / "missing.py"), "--out",
+                 str(tmp_path / "o"), "--no-progress"])
     assert code == 2
     assert "--import" in capsys.readouterr().err
 
@@ -534,40 +494,22 @@ def test_compare_refuses_bad_options_before_any_method_runs(tmp_path, options, m
     data = load_gmm2d()
     options = {"methods": ["em", "enum"], **options}
     with pytest.raises(ValueError, match=match):
-        compare(
-            BayesianGMM(2, 2), data.train, data.test, out=tmp_path / "o", progress=False, **options
-        )
+        compare(BayesianGMM(2, 2), data.train, data.test, out=tmp_path / "o", progress=False,
+                **options)
     assert not (tmp_path / "o" / "em.nc").exists()
 
 
 def test_compare_leaves_the_users_param_store_alone():
     """Models with network parameters register them while they run; none reach the store."""
     pyro.param("users_own", torch.ones(2))
-    compare(
-        KeyValueAttention(),
-        kv_data(60),
-        kv_data(30, 1),
-        ["enum", "reinforce"],
-        num_steps=3,
-        num_samples=4,
-        grad_draws=2,
-        progress=False,
-    )
+    compare(KeyValueAttention(), kv_data(60), kv_data(30, 1), ["enum", "reinforce"],
+            num_steps=3, num_samples=4, grad_draws=2, progress=False)
     assert list(pyro.get_param_store().keys()) == ["users_own"]
 
 
 def test_rows_report_the_draws_of_the_local_importance_sampler():
-    result = compare(
-        ScaleMixture(),
-        scale_data(60),
-        scale_data(30, 1),
-        ["enum", "vi-enum"],
-        num_steps=3,
-        num_samples=4,
-        grad_draws=2,
-        local_draws=16,
-        progress=False,
-    )
+    result = compare(ScaleMixture(), scale_data(60), scale_data(30, 1), ["enum", "vi-enum"],
+                     num_steps=3, num_samples=4, grad_draws=2, local_draws=16, progress=False)
     assert [row["local_draws"] for row in result.rows] == [16, 16]
     assert all(np.isfinite(row["heldout_log_lik"]) for row in result.rows)
 
@@ -607,28 +549,14 @@ def counts_with_subsampling(counts, subsample_size=None):
 def test_subsample_size_needs_a_model_that_takes_it():
     with pytest.raises(ValueError, match=r"model\(data, \*, subsample_size=None\)"):
         fit(poisson_mixture, poisson_data(60), "enum", num_steps=2, subsample_size=10)
-    result = fit(
-        counts_with_subsampling,
-        poisson_data(60),
-        "enum",
-        num_steps=2,
-        subsample_size=10,
-        progress=False,
-    )
+    result = fit(counts_with_subsampling, poisson_data(60), "enum", num_steps=2,
+                 subsample_size=10, progress=False)
     assert result.points_seen == 20
 
 
 def test_default_methods_with_subsample_size_are_those_that_can_use_it():
-    result = compare(
-        counts_with_subsampling,
-        poisson_data(60),
-        poisson_data(30, 1),
-        subsample_size=20,
-        num_steps=2,
-        num_samples=4,
-        grad_draws=2,
-        progress=False,
-    )
+    result = compare(counts_with_subsampling, poisson_data(60), poisson_data(30, 1),
+                     subsample_size=20, num_steps=2, num_samples=4, grad_draws=2, progress=False)
     names = {row["method"] for row in result.rows}
     assert "enum" in names and not {"rws", "nuts"} & names and not result.failed
 
@@ -645,15 +573,8 @@ def test_a_method_that_learns_nothing_gets_an_error_row():
             return Nan()
 
     data = load_gmm2d()
-    result = compare(
-        BayesianGMM(2, 2),
-        data.train,
-        data.test,
-        [NaNLoss(), "em"],
-        num_steps=3,
-        num_samples=4,
-        progress=False,
-    )
+    result = compare(BayesianGMM(2, 2), data.train, data.test, [NaNLoss(), "em"],
+                     num_steps=3, num_samples=4, progress=False)
     assert result.failed == ["nan-loss"]
     assert result.rows[0]["status"].startswith("error: NonFiniteLossError: nan-loss on gmm")
     assert result.rows[0]["heldout_log_lik"] is None
@@ -669,9 +590,8 @@ def test_a_method_that_learns_nothing_gets_an_error_row():
 )
 def test_bad_held_out_data_is_refused_before_any_training(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
-        compare(
-            poisson_mixture, poisson_data(40), bad, ["enum"], out=tmp_path / "o", progress=False
-        )
+        compare(poisson_mixture, poisson_data(40), bad, ["enum"], out=tmp_path / "o",
+                progress=False)
     assert not (tmp_path / "o").exists()
 
 
@@ -726,17 +646,8 @@ def test_bad_compare_arguments_are_refused():
 
 
 def test_trees_name_the_observed_site(tmp_path):
-    compare(
-        linear_regression,
-        regression_data(60),
-        regression_data(30, 1),
-        ["svi"],
-        num_steps=3,
-        num_samples=30,
-        grad_draws=2,
-        out=tmp_path,
-        progress=False,
-    )
+    compare(linear_regression, regression_data(60), regression_data(30, 1), ["svi"],
+            num_steps=3, num_samples=30, grad_draws=2, out=tmp_path, progress=False)
     tree = load_datatree(tmp_path / "svi.nc")
     assert list(tree.log_likelihood.data_vars) == ["y"]
     assert list(tree.observed_data.data_vars) == ["y"]

@@ -108,37 +108,31 @@ FAST: dict[str, Callable[[], Any]] = {
 CONTINUOUS_ONLY = ("svi", "svi-kl", "map")
 
 #: cells that must be refused (the reason is in the message); everything else must run
-REFUSED = (
-    {
-        ("nuts", "seq2seq"),  # no continuous globals, network parameters
-        ("nuts", "kv-attention"),  # network parameters
-        ("nuts", "scale-mixture"),  # continuous local latents
-        ("nuts", "keyless-lookup"),
-        ("cavi", "bernoulli"),
-    }
-    | {
-        (continuous, model)  # these need every latent continuous
-        for continuous in CONTINUOUS_ONLY
-        for model in ("gmm", "bernoulli", "seq2seq", "poisson-fn", "kv-attention")
-        + ("scale-mixture", "keyless-lookup")
-    }
-    | {
-        (closed, model)
-        for closed in ("cavi", "em")
-        for model in MODELS
-        if model not in ("gmm", "bernoulli")
-    }
-    | {
-        (method, "regression-fn")
-        for method in method_names()
-        if method not in (*CONTINUOUS_ONLY, "nuts")
-    }
-    | {
-        (method, "gp-attention")  # no alignment; networks and continuous local noise
-        for method in method_names()
-        if method not in CONTINUOUS_ONLY
-    }
-)
+REFUSED = {
+    ("nuts", "seq2seq"),  # no continuous globals, network parameters
+    ("nuts", "kv-attention"),  # network parameters
+    ("nuts", "scale-mixture"),  # continuous local latents
+    ("nuts", "keyless-lookup"),
+    ("cavi", "bernoulli"),
+} | {
+    (continuous, model)  # these need every latent continuous
+    for continuous in CONTINUOUS_ONLY
+    for model in ("gmm", "bernoulli", "seq2seq", "poisson-fn", "kv-attention")
+    + ("scale-mixture", "keyless-lookup")
+} | {
+    (closed, model)
+    for closed in ("cavi", "em")
+    for model in MODELS
+    if model not in ("gmm", "bernoulli")
+} | {
+    (method, "regression-fn")
+    for method in method_names()
+    if method not in (*CONTINUOUS_ONLY, "nuts")
+} | {
+    (method, "gp-attention")  # no alignment; networks and continuous local noise
+    for method in method_names()
+    if method not in CONTINUOUS_ONLY
+}
 
 
 def run_cell(method_name: str, model_name: str) -> tuple[str, str]:
@@ -154,7 +148,8 @@ def run_cell(method_name: str, model_name: str) -> tuple[str, str]:
         fitted = fit(model, train, method, **accepted)
     except ValueError as err:
         return "refused", str(err)
-    row, _, _ = evaluate_fit(model, fitted, train, test, num_samples=3, grad_draws=2, local_draws=4)
+    row, _, _ = evaluate_fit(model, fitted, train, test, num_samples=3, grad_draws=2,
+                             local_draws=4)
     score = row["heldout_log_lik"]
     assert np.isfinite(score), (method_name, model_name, row)
     return "runs", f"{score:.3f}"

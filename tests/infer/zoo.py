@@ -58,9 +58,8 @@ class KeyValueAttention(AlignmentModel):
         logits = self.score(queries) @ self.keys.to(data).T
         with pyro.plate("data", data.shape[0], dim=-1):
             z = alignment("choice", logits)
-            pyro.sample(
-                "obs", dist.Normal(attend(self.values.to(data), z, event_dim=0), scale), obs=targets
-            )
+            pyro.sample("obs", dist.Normal(attend(self.values.to(data), z, event_dim=0), scale),
+                        obs=targets)
 
     def num_points(self, data: torch.Tensor) -> int:
         return data.shape[0]

@@ -226,12 +226,8 @@ def test_compare_scores_models_without_global_latents(options):
     from pyro_attention.infer import compare
 
     comparison = compare(
-        _model(num_layers=1, **options),
-        _data(24),
-        _data(12, seed=1),
-        num_steps=3,
-        num_samples=3,
-        progress=False,
+        _model(num_layers=1, **options), _data(24), _data(12, seed=1), num_steps=3,
+        num_samples=3, progress=False,
     )
     assert [row["method"] for row in comparison.rows] == ["svi", "svi-kl", "map"]
     assert all(row["status"] == "ok" for row in comparison.rows)
@@ -243,22 +239,12 @@ def test_compare_writes_trees_with_named_dims(tmp_path):
     from pyro_attention.infer import compare
 
     comparison = compare(
-        _model(num_layers=1),
-        _data(24),
-        _data(12, seed=1),
-        ["svi-kl", "map"],
-        num_steps=3,
-        num_samples=3,
-        out=tmp_path,
-        progress=False,
+        _model(num_layers=1), _data(24), _data(12, seed=1), ["svi-kl", "map"],
+        num_steps=3, num_samples=3, out=tmp_path, progress=False,
     )
     assert all(row["status"] == "ok" for row in comparison.rows)
     tree = xr.open_datatree(tmp_path / "svi-kl.nc")
     assert dict(tree.posterior["layer0.u"].sizes) == {
-        "chain": 1,
-        "draw": 3,
-        "head": 2,
-        "value_dim": 2,
-        "inducing": 3,
+        "chain": 1, "draw": 3, "head": 2, "value_dim": 2, "inducing": 3
     }
     assert "sequence" in tree.log_likelihood["y"].dims
