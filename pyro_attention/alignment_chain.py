@@ -165,3 +165,56 @@ class AlignmentChain:
                 current = torch.where(j < last, stepped, current)
             draws[:, :, j] = torch.where(self.mask[None, :, j], current, 0)
         return draws
+
+
+def jump_transition_logits(
+    content_logits: torch.Tensor,
+    jump_logits: torch.Tensor,
+    start_logits: torch.Tensor | None = None,
+    *,
+    source_mask: torch.Tensor | None = None,
+    monotonic: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prior of an HMM alignment model: content-based logits plus a learned jump prior.
+
+    .. math:: A_j(i, k) \\propto \\exp\\big(c_j(k) + \\delta[\\mathrm{clamp}(k - i, -K, K)]\\big),
+              \\qquad \\pi(k) \\propto \\exp\\big(c_1(k) + \\sigma[\\min(k, K)]\\big)
+
+    (Vogel, Ney & Tillmann 1996, with the attention logits ``c_j`` of the decoder state mixed
+    in; jumps beyond ``±K`` share the last bucket). With ``jump_logits`` all equal the rows no
+    longer depend on ``i`` and the chain is the independent prior ``softmax(c_j)``.
+
+    :param content_logits: ``(B, T, S)`` attention logits of each target position.
+    :param jump_logits: ``(2K + 1,)`` logits of the jumps ``-K .. K`` (any leading batch shape).
+    :param start_logits: ``(K + 1,)`` logits of the first position ``0 .. K`` (default none).
+    :param source_mask: ``(B, S)`` boolean, True at real source positions (padding gets a
+        finite floor, zero probability to floating-point precision).
+    :param monotonic: forbid backward jumps (``k < i``): alignments are non-decreasing.
+    :returns: ``init_logits (B, S)`` and ``transition_logits (B, T - 1, S, S)`` for
+        :class:`AlignmentChain`.
+    """
+    if content_logits.dim() != 3:
+        raise ValueError(f"content_logits must be (B, T, S), got {tuple(content_logits.shape)}")
+    width = jump_logits.shape[-1]
+    if width % 2 != 1:
+        raise ValueError(f"jump_logits must have 2K + 1 entries (jumps -K..K), got {width}")
+    reach = width // 2
+    sources = content_logits.shape[-1]
+    positions = torch.arange(sources, device=content_logits.device)
+    jumps = (positions[None, :] - positions[:, None]).clamp(-reach, reach) + reach  # [i, k]
+    floor = torch.finfo(content_logits.dtype).min / 4
+    jump_table = jump_logits[..., jumps]  # (..., S, S)
+    if monotonic:
+        jump_table = jump_table.masked_fill(positions[None, :] < positions[:, None], floor)
+    transition = content_logits[:, 1:, None, :] + jump_table[..., None, :, :]
+    init = content_logits[:, 0]
+    if start_logits is not None:
+        if start_logits.shape[-1] != reach + 1:
+            raise ValueError(
+                f"start_logits must have K + 1 = {reach + 1} entries, got {start_logits.shape[-1]}"
+            )
+        init = init + start_logits[..., positions.clamp(max=reach)]
+    if source_mask is not None:
+        init = init.masked_fill(~source_mask, floor)
+        transition = transition.masked_fill(~source_mask[:, None, None, :], floor)
+    return init, transition

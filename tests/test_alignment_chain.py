@@ -20,7 +20,7 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, config_enumerate, infer_discrete
 from pyro.ops.indexing import Vindex
 
-from pyro_attention.alignment_chain import AlignmentChain
+from pyro_attention.alignment_chain import AlignmentChain, jump_transition_logits
 
 B, T, S = 3, 4, 3
 LENGTHS = torch.tensor([4, 2, 3])
@@ -175,3 +175,52 @@ def test_bad_inputs_are_refused():
         AlignmentChain(init, trans, emission, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         AlignmentChain(init, trans, emission).sample(0)
+
+
+def test_the_jump_prior_puts_each_jump_in_its_bucket():
+    generator = torch.Generator().manual_seed(4)
+    content = torch.randn(2, 3, 5, generator=generator, dtype=torch.float64)
+    jumps = torch.randn(5, generator=generator, dtype=torch.float64)  # K = 2
+    start = torch.randn(3, generator=generator, dtype=torch.float64)
+    mask = torch.tensor([[True] * 5, [True] * 4 + [False]])
+    init, trans = jump_transition_logits(content, jumps, start, source_mask=mask)
+    for b in range(2):
+        for k in range(5):
+            if not mask[b, k]:
+                assert init[b, k] < -1e30 and (trans[b, :, :, k] < -1e30).all()
+                continue
+            assert init[b, k] == content[b, 0, k] + start[min(k, 2)]
+            for j, i in itertools.product(range(2), range(5)):
+                bucket = max(-2, min(2, k - i)) + 2
+                assert trans[b, j, i, k] == content[b, j + 1, k] + jumps[bucket]
+
+
+def test_equal_jump_logits_give_the_independent_prior():
+    """The chain's exact marginal is then the product over positions of the independent
+    alignments' marginals, log Σ_i softmax(c_j)_i e_j(i), as the seq2seq model computes it."""
+    _, _, emission = _chain(5)
+    content = torch.randn(B, T, S, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    init, trans = jump_transition_logits(content, torch.full((5,), 0.7, dtype=torch.float64))
+    chain = AlignmentChain(init, trans, emission, LENGTHS).log_marginal()
+    mask = torch.arange(T) < LENGTHS[:, None]
+    independent = torch.logsumexp(content.log_softmax(-1) + emission, -1)
+    torch.testing.assert_close(chain, (independent * mask).sum(-1), rtol=0, atol=1e-12)
+
+
+def test_a_monotonic_prior_gives_non_decreasing_alignments():
+    _, _, emission = _chain(6)
+    content = torch.randn(B, T, S, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    init, trans = jump_transition_logits(
+        content, torch.zeros(3, dtype=torch.float64), monotonic=True
+    )
+    chain = AlignmentChain(init, trans, emission)
+    draws = chain.sample(500, generator=torch.Generator().manual_seed(0))
+    assert (draws.diff(dim=-1) >= 0).all()
+    path, _ = chain.viterbi()
+    assert (path.diff(dim=-1) >= 0).all()
+    free = AlignmentChain(
+        *jump_transition_logits(content, torch.zeros(3, dtype=torch.float64)), emission
+    )
+    assert (free.sample(500, generator=torch.Generator().manual_seed(0)).diff(dim=-1) < 0).any()
+    with pytest.raises(ValueError, match="2K \\+ 1 entries"):
+        jump_transition_logits(content, torch.zeros(4))
