@@ -77,6 +77,13 @@ def check_positive_int(value: object, name: str) -> int:
     return value
 
 
+def check_count(value: object, name: str, low: int = 1) -> int:
+    """``value`` as a count: an int (not a bool) of at least ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
 def check_seed(value: object, name: str = "seed") -> int:
     """``value`` as a seed of torch, numpy and Python's random: an int in ``[0, 2**32)``."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import torch
 
+from pyro_attention._validation import check_count
+
 
 def _check(
     init_logits: torch.Tensor,
@@ -143,8 +145,7 @@ class AlignmentChain:
     ) -> torch.Tensor:
         """``num_samples`` exact draws from ``p(z | y)``, ``(num_samples, B, T)`` long (``0`` at
         padding): forward filtering, then each ``z_j`` from ``α_j(i) A_{j+1}(i, z_{j+1})``."""
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        check_count(num_samples, "num_samples")
         alphas, _ = _forward(self.log_init, self.log_trans, self.emission, self.mask, "sum")
         batch, steps, sources = self.emission.shape
         draws = torch.zeros(

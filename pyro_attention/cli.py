@@ -902,16 +902,14 @@ def _compare_seeds(args: argparse.Namespace) -> int:
 
 
 def check_cell_command(argv: Sequence[str]) -> None:
-    """Refuse, before any cell runs, a cell whose command the CLI would refuse."""
-    args = _parser(_RaisingParser).parse_args(list(argv))
-    if args.command == "compare" and args.model == "alignment" and args.task is None:
-        args.task = "dates"
+    """Refuse, before any cell runs, a cell whose command the CLI would refuse: the checks
+    of :func:`main` before any work, and its methods and task known."""
+    args = _parse(list(argv), _RaisingParser)
     check_options(args)
-    _device(args.device)
     if args.command != "compare":
+        _device(args.device)
         return
-    _refuse_foreign_options(args)
-    _import_user_modules(args.imports)
+    _check_compare(args)
     if args.model == "sgpa":
         from pyro_attention.experiments.compare_sgpa import SGPA_METHODS
 
@@ -946,9 +944,7 @@ def _sweep(args: argparse.Namespace) -> int:
             raise ValueError(f"cell {cell.name}: {err}") from None
     if args.gpus_per_cell is not None and not 0 <= args.gpus_per_cell < math.inf:
         raise ValueError(f"--gpus-per-cell must be a finite number >= 0, got {args.gpus_per_cell}")
-    on_cuda = any("cuda" in cell.argv for cell in cells) or any(
-        a.startswith("cuda") for cell in cells for a in cell.argv
-    )
+    on_cuda = any(word.startswith("cuda") for cell in cells for word in cell.argv)
     if args.gpus_per_cell is not None:
         gpus = args.gpus_per_cell
     else:
@@ -961,37 +957,52 @@ def _sweep(args: argparse.Namespace) -> int:
     return _run_sweep_cells(cells, args, executor, "sweep", spec=str(args.spec), spec_content=spec)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pyro-attention`` console script."""
-    args = _parser().parse_args(argv)
+def _parse(
+    argv: Sequence[str] | None,
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> argparse.Namespace:
+    """The command line, with the defaults that depend on other options filled in."""
+    args = _parser(parser_class).parse_args(argv)
     if args.command == "compare" and args.model == "alignment" and args.task is None:
         args.task = "dates"
     if args.command == "compare" and args.out is None:
         folder = {"alignment": args.task, "sgpa": f"sgpa-{args.task or 'digits'}"}
         args.out = f"runs/{folder.get(args.model, args.model)}"
+    return args
+
+
+def _check_compare(args: argparse.Namespace) -> None:
+    """The checks of a comparison's options that need no work (a sweep runs them on every
+    cell before any cell starts)."""
+    _refuse_foreign_options(args)
+    _device(args.device)
+    if args.resume and args.model not in RESUMABLE:
+        raise ValueError(
+            f"--resume applies to compare gmm and compare digits; compare {args.model} "
+            "starts again (its finished rows of an interrupted run are in summary.json)"
+        )
+    _import_user_modules(args.imports)
+    if args.model == "sgpa" and (args.workers != 1 or _given(args, "executor")):
+        raise ValueError(
+            "compare sgpa runs its --seeds in one process; spread them with "
+            "pyro-attention sweep (one cell per seed) instead"
+        )
+    if args.model != "sgpa" and args.seeds is None:
+        for dest in ("workers", "executor", "address"):
+            if _given(args, dest):
+                raise ValueError(f"{_flag(dest)} spreads the runs of --seeds; add --seeds")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pyro-attention`` console script."""
+    args = _parse(argv)
     try:
         check_options(args)
         if args.command == "compare" and args.threads is not None and args.seeds is None:
             torch.set_num_threads(args.threads)
         if args.command == "compare":  # checked first: an unwritable folder loses every result
-            _refuse_foreign_options(args)
-            _device(args.device)
             check_output_folder(args.out, "--out")
-            if args.resume and args.model not in RESUMABLE:
-                raise ValueError(
-                    f"--resume applies to compare gmm and compare digits; compare {args.model} "
-                    "starts again (its finished rows of an interrupted run are in summary.json)"
-                )
-            _import_user_modules(args.imports)
-            if args.model == "sgpa" and (args.workers != 1 or _given(args, "executor")):
-                raise ValueError(
-                    "compare sgpa runs its --seeds in one process; spread them with "
-                    "pyro-attention sweep (one cell per seed) instead"
-                )
-            if args.model != "sgpa" and args.seeds is None:
-                for dest in ("workers", "executor", "address"):
-                    if _given(args, dest):
-                        raise ValueError(f"{_flag(dest)} spreads the runs of --seeds; add --seeds")
+            _check_compare(args)
             if args.model != "sgpa" and args.seeds is not None:
                 return _compare_seeds(args)
         if args.command == "sweep":

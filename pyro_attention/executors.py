@@ -32,6 +32,8 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
+from pyro_attention._validation import check_count
+
 Task = tuple[str, Any]
 Outcome = tuple[str, Any]
 
@@ -48,12 +50,6 @@ class Executor(Protocol):
     def run(self, fn: Callable[[Any], Any], tasks: Sequence[Task]) -> Iterator[Outcome]: ...
 
     def describe(self) -> dict[str, Any]: ...
-
-
-def _check_count(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 def _pin_threads(threads: int) -> None:
@@ -109,11 +105,11 @@ class ProcessExecutor:
     name = "local"
 
     def __init__(self, workers: int | None = None, *, threads: int = 1, retries: int = 1) -> None:
-        self.threads = _check_count("threads", threads, 1)
+        self.threads = check_count(threads, "threads", 1)
         if workers is None:
             workers = max(1, (os.cpu_count() or 1) // self.threads)
-        self.workers = _check_count("workers", workers, 1)
-        self.retries = _check_count("retries", retries, 0)
+        self.workers = check_count(workers, "workers", 1)
+        self.retries = check_count(retries, "retries", 0)
 
     def run(self, fn: Callable[[Any], Any], tasks: Sequence[Task]) -> Iterator[Outcome]:
         pending = dict(tasks)
@@ -218,12 +214,12 @@ class RayExecutor:
                 "executor)"
             ) from None
         self.address = address
-        self.workers = None if workers is None else _check_count("workers", workers, 1)
-        self.num_cpus = _check_count("num_cpus", num_cpus, 1)
+        self.workers = None if workers is None else check_count(workers, "workers", 1)
+        self.num_cpus = check_count(num_cpus, "num_cpus", 1)
         if isinstance(num_gpus, bool) or not (0 <= float(num_gpus) < math.inf):
             raise ValueError(f"num_gpus must be a finite number >= 0, got {num_gpus!r}")
         self.num_gpus = float(num_gpus)
-        self.retries = _check_count("retries", retries, 0)
+        self.retries = check_count(retries, "retries", 0)
         self._started = False
 
     def connect(self) -> None:

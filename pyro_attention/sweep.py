@@ -45,6 +45,7 @@ from pyro_attention._run_folder import SUMMARY, RunFolder
 from pyro_attention.diagnostics.aggregate import IDENTITY_FIELDS, aggregate_rows, mean_error_text
 from pyro_attention.diagnostics.plots import plot_seed_spread, save_figure
 from pyro_attention.executors import Executor
+from pyro_attention.infer.compare import format_table
 
 #: the commands a sweep can run, and the option that gives a cell its seed
 SEED_FLAGS = {
@@ -251,10 +252,12 @@ class Sweep:
     """What a sweep ran: a record per cell, every cell's rows and their aggregate over seeds."""
 
     cells: list[Cell]
-    records: dict[str, dict[str, Any]]
+    out: Path
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: each finished cell's rows, read once from its summary.json
+    cell_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     aggregate: list[dict[str, Any]] = field(default_factory=list)
-    out: Path | None = None
     files: list[Path] = field(default_factory=list)
 
     @property
@@ -276,30 +279,37 @@ class Sweep:
 
     def __str__(self) -> str:
         metrics = [m for m in TABLE_METRICS if any(m in row for row in self.aggregate)]
-        labels = {
-            "command": len({row.get("command") for row in self.aggregate}) > 1,
-            "setting": any(row.get("setting") for row in self.aggregate),
-        }
-        header = [*(k for k, shown in labels.items() if shown), "method", "seeds", *metrics]
-        lines = [header]
-        for row in self.aggregate:
-            lines.append(
-                [
-                    *(str(row.get(k) or "-") for k, shown in labels.items() if shown),
-                    " ".join(str(row[k]) for k in IDENTITY_FIELDS if k in row),
-                    f"{row['num_seeds']}/{len(row['seeds'])}",
-                    *(mean_error_text(row, m) for m in metrics),
-                ]
-            )
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
-        text.insert(1, "  ".join("-" * w for w in widths))
+        labels = [
+            *(["command"] if len({row.get("command") for row in self.aggregate}) > 1 else []),
+            *(["setting"] if any(row.get("setting") for row in self.aggregate) else []),
+        ]
+        rows = [
+            {
+                **{label: row.get(label) or "-" for label in labels},
+                "method": " ".join(str(row[k]) for k in IDENTITY_FIELDS if k in row),
+                "seeds": f"{row['num_seeds']}/{len(row['seeds'])}",
+                **{metric: mean_error_text(row, metric) for metric in metrics},
+            }
+            for row in self.aggregate
+        ]
         crashed = [
             f"{name}: {record['status']} {record.get('error', '')}".rstrip()
             for name, record in self.records.items()
             if record["status"] != "finished"
         ]
-        return "\n".join(text + (["", *crashed] if crashed else []))
+        table = format_table(rows, [*labels, "method", "seeds", *metrics])
+        return "\n".join([table, *([""] + crashed if crashed else [])])
+
+    def add(self, cell: Cell, record: dict[str, Any]) -> None:
+        """Note how ``cell`` ended; a finished cell's rows are read (once) from its folder."""
+        self.records[cell.name] = record
+        if record["status"] == "finished":
+            self.cell_rows[cell.name] = _cell_rows(self.out, cell)
+
+    def gather(self) -> None:
+        """``rows`` in the cells' order, and their aggregate over seeds."""
+        self.rows = [row for cell in self.cells for row in self.cell_rows.get(cell.name, [])]
+        self.aggregate = aggregate_rows(self.rows, by=("command", "setting", *IDENTITY_FIELDS))
 
 
 def finished_cell(out: Path, cell: Cell) -> bool:
@@ -346,28 +356,25 @@ def _remove_leftovers(out: Path) -> None:
 def _cell_rows(out: Path, cell: Cell) -> list[dict[str, Any]]:
     """The rows of a finished cell, labelled with the cell, its command, setting and seed."""
     summary = json.loads((out / cell.name / SUMMARY).read_text())
-    rows = summary.get("results") or summary.get("runs") or []
-    labelled = []
-    for row in rows:
-        labelled.append(
-            {
-                "command": cell.command,
-                "setting": cell.setting,
-                **row,
-                "seed": row.get("seed", cell.seed),
-                "cell": cell.name,
-            }
-        )
-    return labelled
+    return [
+        {
+            "command": cell.command,
+            "setting": cell.setting,
+            **row,
+            "seed": row.get("seed", cell.seed),
+            "cell": cell.name,
+        }
+        for row in summary.get("results") or summary.get("runs") or []
+    ]
+
+
+def _record(cell: Cell, out: Path) -> dict[str, Any]:
+    return {"cell": cell.name, "seed": cell.seed, "command": cell.command_line(out)}
 
 
 def _outcome_record(cell: Cell, outcome: Any, out: Path) -> dict[str, Any]:
     """Store a cell's outcome (its files, its log) and say how it ended."""
-    record: dict[str, Any] = {
-        "cell": cell.name,
-        "seed": cell.seed,
-        "command": cell.command_line(out),
-    }
+    record = _record(cell, out)
     if isinstance(outcome, BaseException):
         return record | {"status": "failed", "error": f"{type(outcome).__name__}: {outcome}"}
     code = outcome["exit_code"]
@@ -406,7 +413,7 @@ def run_cells(
     :returns: a :class:`Sweep`; an interrupt writes ``state: interrupted`` and re-raises.
     """
     out = Path(out)
-    sweep = Sweep(list(cells), {}, out=out)
+    sweep = Sweep(list(cells), out)
     header = {**(description or {}), "executor": executor.describe()}
     with RunFolder(out, resume=True, option="--out", kind=kind) as folder:
         folder.adopt_previous_files()
@@ -414,13 +421,7 @@ def run_cells(
         todo = []
         for cell in cells:
             if finished_cell(out, cell):
-                sweep.records[cell.name] = {
-                    "cell": cell.name,
-                    "seed": cell.seed,
-                    "command": cell.command_line(out),
-                    "status": "finished",
-                    "reused": True,
-                }
+                sweep.add(cell, _record(cell, out) | {"status": "finished", "reused": True})
             else:
                 todo.append(cell)
         by_name = {cell.name: cell for cell in cells}
@@ -431,7 +432,7 @@ def run_cells(
         )
 
         def write(state: str) -> Path:
-            _gather(sweep)
+            sweep.gather()
             content = {
                 **header,
                 "cells": [
@@ -454,13 +455,13 @@ def run_cells(
             ]
             for name, outcome in executor.run(fn, jobs):
                 record = _outcome_record(by_name[name], outcome, out)
-                sweep.records[name] = record
+                sweep.add(by_name[name], record)
                 if record["status"] == "interrupted":
                     raise KeyboardInterrupt
                 write("running")
                 bar.update()
             state = "finished"
-            _gather(sweep)
+            sweep.gather()
             metric = next((m for m in PLOT_METRICS if any(m in r for r in sweep.rows)), None)
             if metric is not None and sweep.aggregate:
                 fig = plot_seed_spread(sweep.rows, sweep.aggregate, metric, label=_group_label)
@@ -475,17 +476,6 @@ def _group_label(row: Mapping[str, Any]) -> str:
     identity = " ".join(str(row[k]) for k in IDENTITY_FIELDS if k in row)
     parts = [row.get("command", "").removeprefix("compare "), row.get("setting") or "", identity]
     return " ".join(p for p in parts if p)
-
-
-def _gather(sweep: Sweep) -> None:
-    """Rebuild ``sweep.rows`` (in the cells' order) and their aggregate."""
-    assert sweep.out is not None
-    rows: list[dict[str, Any]] = []
-    for cell in sweep.cells:
-        if sweep.records.get(cell.name, {}).get("status") == "finished":
-            rows += _cell_rows(sweep.out, cell)
-    sweep.rows = rows
-    sweep.aggregate = aggregate_rows(rows, by=("command", "setting", *IDENTITY_FIELDS))
 
 
 def iter_cells_text(cells: Sequence[Cell], out: Path) -> Iterator[str]:

@@ -264,6 +264,11 @@ def test_compare_function_takes_seeds(tmp_path):
     assert one.rows[0]["heldout_log_lik"] == values[1]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["seeds"] == [0, 1] and len(summary["aggregate"]) == 1
+    single = tmp_path / "single"
+    compare(gmm, data.train, data.test, ["em"], out=single, progress=False)
+    with pytest.raises(ValueError, match="holds the results of 'compare gmm', not of 'compare"):
+        compare(gmm, data.train, data.test, ["em"], seeds=[0, 1], out=single, progress=False)
+    assert not (single / "seed-0").exists()  # refused before any seed ran
     with pytest.raises(ValueError, match="names a seed twice"):
         compare(gmm, data.train, data.test, ["cavi"], seeds=[2, 2])
     with pytest.raises(ValueError, match="non-empty list of seeds"):

@@ -16,6 +16,7 @@ continues the interrupted one from its checkpoint, to the same result as an unin
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import time
@@ -29,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from pyro_attention._run_folder import RunFolder, check_output_folder
-from pyro_attention._validation import check_seed
+from pyro_attention._validation import check_count, check_seed
 from pyro_attention.diagnostics import load_datatree, psis_khat, save_datatree, to_datatree
 from pyro_attention.diagnostics.aggregate import aggregate_rows, mean_error_text
 from pyro_attention.diagnostics.plots import plot_comparison, plot_seed_spread, save_figure
@@ -362,8 +363,7 @@ def compare(
         ("grad_draws", grad_draws, 2),
         ("local_draws", local_draws, 1),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        check_count(value, name, low)
     check_seed(seed)
     if isinstance(methods, str | InferenceMethod):
         raise ValueError(
@@ -512,33 +512,35 @@ def _compare_seeds(
     seeds = [check_seed(_as_int(s), "seeds") for s in seeds]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds names a seed twice: {seeds}")
-    if out is not None:
-        check_output_folder(out)
     runs: dict[int, Comparison] = {}
-    for seed in seeds:
-        folder = None if out is None else Path(out) / f"seed-{seed}"
-        runs[seed] = compare(
-            model_obj, train, test, methods, seed=seed, out=folder, resume=resume, **options
+    with contextlib.ExitStack() as stack:
+        folder = None
+        if out is not None:  # taken first: a folder of another kind of run is refused now
+            kind = f"compare {as_model(model_obj).name} --seeds"
+            folder = stack.enter_context(RunFolder(out, resume=True, kind=kind))
+            folder.adopt_previous_files()
+        for seed in seeds:
+            seed_out = None if out is None else Path(out) / f"seed-{seed}"
+            runs[seed] = compare(
+                model_obj, train, test, methods, seed=seed, out=seed_out, resume=resume, **options
+            )
+        first = runs[seeds[0]]
+        combined = Comparison(
+            first.model,
+            first.dataset,
+            first.device,
+            seeds[0],
+            rows=[{**row, "seed": seed} for seed, run in runs.items() for row in run.rows],
+            settings=first.settings,
+            sites=first.sites,
+            runs=runs,
         )
-    first = runs[seeds[0]]
-    combined = Comparison(
-        first.model,
-        first.dataset,
-        first.device,
-        seeds[0],
-        rows=[{**row, "seed": seed} for seed, run in runs.items() for row in run.rows],
-        settings=first.settings,
-        sites=first.sites,
-        runs=runs,
-    )
-    combined.aggregate = aggregate_rows(combined.rows)
-    if out is not None:
-        with RunFolder(out, resume=True, kind=f"compare {first.model} --seeds") as folder_:
-            folder_.adopt_previous_files()
+        combined.aggregate = aggregate_rows(combined.rows)
+        if folder is not None:
             figure = plot_seed_spread(combined.rows, combined.aggregate, "heldout_log_lik")
-            combined.files = [folder_.record(save_figure(figure, Path(out) / "seeds.png"))]
+            combined.files = [folder.record(save_figure(figure, folder.path / "seeds.png"))]
             summary = {"command": "compare()", **combined.summary()}
-            combined.files.append(folder_.write_summary(summary, "finished"))
+            combined.files.append(folder.write_summary(summary, "finished"))
     return combined
 
 

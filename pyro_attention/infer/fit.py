@@ -425,7 +425,7 @@ def _prepend(first: FitResult, result: FitResult) -> FitResult:
     return result
 
 
-def initialize(model_obj: AlignmentModel, data: Any, seed: int | None) -> None:
+def _initialize(model_obj: AlignmentModel, data: Any, seed: int | None) -> None:
     """``model_obj.initialize(data)``, with the run's ``seed`` where the model takes one (the
     k-means++ starts of the mixtures), so that each seed of a comparison starts elsewhere."""
     if "seed" in inspect.signature(model_obj.initialize).parameters:
@@ -453,7 +453,7 @@ def _svi_phase(
     seed: int | None,
 ) -> FitResult:
     """One SVI run of ``num_steps`` steps (see :func:`svi_fit`)."""
-    initialize(model_obj, data, seed)
+    _initialize(model_obj, data, seed)
     guide = method.guide(model_obj) if guide is None else guide
     model_fn = method.prepare(model_obj.model)
     optim = ClippedAdam({"lr": 0.05 if lr is None else lr}) if optim is None else optim
@@ -642,7 +642,7 @@ def nuts_fit(
     keeps ``max_rhat``, ``min_ess`` and ``divergences`` in ``extra``.
     """
     run_data = data.double() if method.float64 and data.is_floating_point() else data
-    initialize(model_obj, run_data, seed)
+    _initialize(model_obj, run_data, seed)
     model_fn = method.prepare(model_obj.model)
     chains: list[dict[str, torch.Tensor]] = []
     diverging = []
