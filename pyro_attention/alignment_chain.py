@@ -19,6 +19,11 @@ works in log space on a batch of sequences, ``O(T S^2)`` per sequence.
 - :meth:`~AlignmentChain.sample`: exact draws from ``p(z | y)``, forward filtering, backward
   sampling.
 
+Building the tables: :func:`jump_transition_logits` (content logits plus a learned jump
+prior), :func:`hold_at_padding` (padded target positions keep the previous alignment) and
+:func:`transition_row` (the row a sampled, enumerated, one-hot or soft ``z_{j-1}`` selects, for
+models and guides written position by position in ``pyro.markov``).
+
 Shapes: ``init_logits (B, S)``, ``transition_logits (B, T - 1, S, S)`` (``[j, i, k]`` is the
 logit of ``z_{j+2} = k`` after ``z_{j+1} = i``; any leading shape that broadcasts), ``emission
 (B, T, S)``, ``lengths (B,)`` (the targets of sequence ``b`` are its first ``lengths[b]``
@@ -29,6 +34,7 @@ positions; the rest are padding). The tests pin all four against a brute-force s
 from __future__ import annotations
 
 import torch
+from pyro.ops.indexing import Vindex
 
 from pyro_attention._validation import check_count
 
@@ -219,3 +225,38 @@ def jump_transition_logits(
         init = init.masked_fill(~source_mask, floor)
         transition = transition.masked_fill(~source_mask[:, None, None, :], floor)
     return init, transition
+
+
+def hold_at_padding(transition_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``transition_logits (B, T - 1, S, S)`` with the step into every padded target position
+    (``mask (B, T)`` False) replaced by the identity: ``z_j = z_{j-1}`` surely.
+
+    A padded position then adds nothing to any objective, whether its alignment is enumerated
+    (its prior sums to one) or sampled in the model and the guide alike (``log p = log q = 0``),
+    and the chain needs no mask on its choices.
+    """
+    sources = transition_logits.shape[-1]
+    floor = torch.finfo(transition_logits.dtype).min / 4
+    eye = torch.eye(sources, dtype=torch.bool, device=transition_logits.device)
+    hold = torch.full(eye.shape, floor, dtype=transition_logits.dtype, device=eye.device)
+    hold = hold.masked_fill(eye, 0.0)
+    padded = ~mask[:, 1:, None, None]
+    return torch.where(padded, hold, transition_logits)
+
+
+def transition_row(transition_logits: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """Logits of ``z_j`` given ``z_{j-1}``: the row of ``transition_logits (B, S, S)`` (one step)
+    that ``previous`` selects.
+
+    ``previous`` is an index (``(..., B)``, enumeration or particle dims on the left) or a
+    point on the simplex ``(..., B, S)`` (one-hot, relaxed, soft); for weights ``w`` the row
+    is the mixture ``log Σ_i w_i softmax(A)(i, ·)``, exact for a one-hot ``w`` and the prior
+    marginal of ``z_j`` when ``w`` is the marginal of ``z_{j-1}`` (soft attention).
+
+    :returns: ``(..., B, S)``.
+    """
+    if not previous.is_floating_point():
+        return Vindex(transition_logits)[..., previous, :]
+    probs = transition_logits.softmax(-1)
+    mixed = (previous.to(probs.dtype).unsqueeze(-1) * probs).sum(-2)
+    return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log()

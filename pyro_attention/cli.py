@@ -196,6 +196,20 @@ def _parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParse
         default=None,
         help="source positions per chunk of the enumerated emission (caps memory)",
     )
+    seq.add_argument(
+        "--alignment-prior",
+        choices=("independent", "markov", "monotonic"),
+        default=None,
+        help="alignment: the prior of the alignments: independent given the decoder (default), "
+        "markov (a learned jump distribution, HMM alignment) or monotonic (no backward jumps)",
+    )
+    seq.add_argument(
+        "--max-jump",
+        type=int,
+        default=None,
+        help="alignment: jumps beyond ±K share one bucket of the markov/monotonic prior "
+        "(default 4)",
+    )
     seq.add_argument("--kmax", type=int, default=5, help="K of the top-K perplexity (default 5)")
     seq.add_argument("--data-seed", type=int, default=0, help="seed of the generated examples")
     dig = cmp.add_argument_group("digits options")
@@ -427,7 +441,7 @@ MODEL_OPTIONS = {
     "alignment": COMMON_OPTIONS
     | {"steps", "lr", "task", "epochs", "batch_size", "num_train", "num_test", "hidden"}
     | {"embed", "temperature", "rws_particles", "pretrain_fraction", "emission_chunk_size"}
-    | {"kmax", "data_seed"},
+    | {"kmax", "data_seed", "alignment_prior", "max_jump"},
     "sgpa": COMMON_OPTIONS
     | {"steps", "lr", "num_samples", "covariance", "task", "num_train", "d_model"}
     | {"heads", "layers", "inducing", "dropout", "ensemble_size", "heldout_classes"},
@@ -437,7 +451,7 @@ MODEL_OPTIONS = {
 COUNT_OPTIONS = frozenset(
     {"steps", "subsample_size", "num_samples", "components", "nuts_samples", "nuts_chains"}
     | {"batch_size", "num_train", "num_test", "hidden", "embed", "rws_particles", "kmax"}
-    | {"emission_chunk_size", "knn", "d_model", "heads", "layers", "inducing"}
+    | {"emission_chunk_size", "knn", "d_model", "heads", "layers", "inducing", "max_jump"}
     | {"ensemble_size", "hops", "items", "key_dim", "threads", "workers"}
 )
 #: counts whose least value is not 1: (least value, why)
@@ -646,7 +660,11 @@ def _compare_digits(args: argparse.Namespace) -> int:
 
 def _compare_alignment(args: argparse.Namespace) -> int:
     from pyro_attention.data import get_task, make_alignment_dataset
-    from pyro_attention.experiments.compare_alignment import PAPER_METHODS, compare_alignment
+    from pyro_attention.experiments.compare_alignment import (
+        CHAIN_METHODS,
+        PAPER_METHODS,
+        compare_alignment,
+    )
     from pyro_attention.models import LatentAlignmentSeq2Seq
 
     device = _device(args.device)
@@ -662,13 +680,20 @@ def _compare_alignment(args: argparse.Namespace) -> int:
         raise ValueError("--steps and --epochs both set the training length; give one")
     steps = args.steps if args.steps is not None else round(args.epochs * batches_per_epoch)
     steps = max(1, steps)  # a fraction of an epoch is at least one step
+    prior = args.alignment_prior or "independent"
+    if args.max_jump is not None and prior == "independent":
+        raise ValueError("--max-jump applies to --alignment-prior markov or monotonic only")
+    chained = prior != "independent"
     methods = _methods(
         args,
-        PAPER_METHODS,
+        CHAIN_METHODS if chained else PAPER_METHODS,
         num_steps=steps,
         rws_particles=5,
         pretrain_fraction=0.3,
-        extra={"rws": {"local": True}},
+        extra={
+            "rws": {"local": not chained},
+            "vi-sample": {"estimator": "tracegraph"} if chained else {},
+        },
     )
     dtype = getattr(torch, args.dtype)
 
@@ -679,6 +704,8 @@ def _compare_alignment(args: argparse.Namespace) -> int:
             args.embed,
             args.hidden,
             emission_chunk_size=args.emission_chunk_size,
+            alignment_prior=prior,
+            max_jump=4 if args.max_jump is None else args.max_jump,
         )
         return model.to(dtype=dtype)
 

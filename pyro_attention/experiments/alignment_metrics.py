@@ -31,6 +31,7 @@ from pyro.poutine.runtime import Message
 from pyro.poutine.util import site_is_subsample
 
 from pyro_attention.alignment import is_alignment_site
+from pyro_attention.alignment_chain import AlignmentChain
 from pyro_attention.handlers import enumerate_alignments
 from pyro_attention.infer.methods import InferenceMethod
 from pyro_attention.traces import observed_sites, site_dist, site_infer, site_value
@@ -191,6 +192,10 @@ def score_alignments(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if getattr(model_obj, "chained", False):
+        return score_chain_alignments(
+            model_obj, method, batches, gold=gold, keep_examples=keep_examples
+        )
     scores = AlignmentScores(k=k)
     nesting = model_obj.max_plate_nesting
     soft = _guide_kind(method) == "deterministic"  # soft attention: its own likelihood
@@ -227,14 +232,87 @@ def score_alignments(
             scores.correct += int((chosen == target)[scored].sum())
             scores.prior_correct += int((prior.argmax(-1) == target)[scored].sum())
             scores.gold_tokens += int(scored.sum())
-        for b in range(min(keep_examples - len(scores.examples), prior.shape[0])):
-            example = {"prior": probs[b].cpu(), "posterior": posterior[b].cpu()}
-            for name in ("source", "target", "source_mask", "target_mask"):
-                if hasattr(batch, name):
-                    example[name] = getattr(batch, name)[b].cpu()
+        _keep_examples(scores, keep_examples, batch, probs, posterior, gold)
+    if scores.tokens == 0:
+        raise ValueError("no target tokens to score; pass at least one non-empty batch")
+    return scores
+
+
+def _keep_examples(
+    scores: AlignmentScores,
+    keep_examples: int,
+    batch: Any,
+    prior: torch.Tensor,
+    posterior: torch.Tensor,
+    gold: Callable[[Any], torch.Tensor] | None,
+) -> None:
+    """Keep the prior and posterior alignment matrices ``(B, T, S)`` of the first examples."""
+    for b in range(min(keep_examples - len(scores.examples), prior.shape[0])):
+        example = {"prior": prior[b].cpu(), "posterior": posterior[b].cpu()}
+        for name in ("source", "target", "source_mask", "target_mask"):
+            if hasattr(batch, name):
+                example[name] = getattr(batch, name)[b].cpu()
+        if gold is not None:
+            example["gold"] = gold(batch)[b].cpu()
+        scores.examples.append(example)
+
+
+def chain_prior_entropy(chain: AlignmentChain) -> torch.Tensor:
+    """The entropy of the chain's prior, ``(B,)``: :math:`H(z_{1:T}) = H(\\pi) + \\sum_{j \\ge 2}
+    \\sum_i p(z_{j-1} = i)\\, H(A_j(i, \\cdot))`, with the prior marginals from the chain without
+    emissions; padded positions (held fixed) add nothing."""
+    silent = AlignmentChain(
+        chain.log_init, chain.log_trans, torch.zeros_like(chain.emission), chain.mask.sum(-1)
+    )
+    marginals = silent.posterior_marginals()  # prior marginals p(z_j)
+    init = -(chain.log_init.exp() * chain.log_init).nan_to_num(0.0).sum(-1)
+    rows = -(chain.log_trans.exp() * chain.log_trans).nan_to_num(0.0).sum(-1)  # (B, T-1, S)
+    later = (marginals[:, :-1] * rows).sum(-1) * chain.mask[:, 1:]
+    return init + later.sum(-1)
+
+
+def score_chain_alignments(
+    model_obj: Any,
+    method: InferenceMethod,
+    batches: Iterable[Any],
+    *,
+    gold: Callable[[Any], torch.Tensor] | None = lambda batch: batch.alignment,
+    keep_examples: int = 0,
+) -> AlignmentScores:
+    """The yardsticks of a model whose alignments form a chain, from its exact
+    :class:`~pyro_attention.alignment_chain.AlignmentChain` (``model_obj.alignment_chain``):
+    the log-likelihood by the forward algorithm (soft attention: the soft model's own), prior
+    entropy per token of the whole chain (:func:`chain_prior_entropy`), alignment accuracy of
+    the Viterbi alignment (soft attention: of the prior marginals' argmax), heat-maps of the
+    prior and posterior marginals. The top-K perplexity and the ELBO under ``q`` are not
+    computed for chains (``None``)."""
+    scores = AlignmentScores(kmax_log_lik=None, elbo=None)
+    soft = _guide_kind(method) == "deterministic"
+    predictive = method.predictive(model_obj.model)
+    for batch in batches:
+        batch = model_obj.check_data(batch)
+        with torch.no_grad():
+            chain = model_obj.alignment_chain(batch)
+            mask = chain.mask
+            scores.tokens += int(mask.sum())
+            if soft:
+                scores.log_lik += float(_soft_log_lik(predictive, batch))
+            else:
+                scores.log_lik += float(chain.log_marginal().sum())
+            scores.prior_entropy += float(chain_prior_entropy(chain).sum())
+            silent = AlignmentChain(
+                chain.log_init, chain.log_trans, torch.zeros_like(chain.emission), mask.sum(-1)
+            )
+            prior = silent.posterior_marginals()
+            posterior = chain.posterior_marginals()
             if gold is not None:
-                example["gold"] = gold(batch)[b].cpu()
-            scores.examples.append(example)
+                target = gold(batch)
+                scored = mask & (target >= 0)
+                chosen = prior.argmax(-1) if soft else chain.viterbi()[0]
+                scores.correct += int((chosen == target)[scored].sum())
+                scores.prior_correct += int((prior.argmax(-1) == target)[scored].sum())
+                scores.gold_tokens += int(scored.sum())
+        _keep_examples(scores, keep_examples, batch, prior, posterior, gold)
     if scores.tokens == 0:
         raise ValueError("no target tokens to score; pass at least one non-empty batch")
     return scores

@@ -160,6 +160,7 @@ def pointwise_log_likelihood(
             for name in chunk:
                 log_prob = trace.nodes[name]["log_prob"]
                 prior = prior.to(log_prob) + log_prob.reshape(size, -1).sum(-1)
+            _refuse_recycled_dims(trace)
             for name in missing:
                 if shapes[name][2] and trace.nodes[name]["infer"].get("_enumerate_dim") is None:
                     raise ValueError(
@@ -180,6 +181,23 @@ def pointwise_log_likelihood(
     return (out, torch.cat(priors)) if return_log_prior else out
 
 
+def _refuse_recycled_dims(trace: Any) -> None:
+    """Refuse a trace where two enumerated sites share a dim (``pyro.markov`` recycles dims
+    along a chain): summing their log-probabilities cell by cell would not be the chain's sum."""
+    seen: dict[int, str] = {}
+    for name, site in trace.nodes.items():
+        dim = site["infer"].get("_enumerate_dim") if site["type"] == "sample" else None
+        if dim is None:
+            continue
+        if dim in seen:
+            raise ValueError(
+                f"enumerated sites {seen[dim]!r} and {name!r} share an enumeration dim (a chain "
+                "in pyro.markov); the evaluator cannot sum a chain cell by cell: give the model "
+                "an alignment_chain(data) method returning the exact AlignmentChain"
+            )
+        seen[dim] = name
+
+
 #: points scored at once by :func:`model_log_likelihood`: with 64 draws at a time and K
 #: components the enumerated log-probabilities of a piece are 64 x K x 8192 numbers
 EVAL_POINTS = 8192
@@ -198,7 +216,23 @@ def model_log_likelihood(
     """:func:`pointwise_log_likelihood` of ``model`` (``model_obj``'s model function, as a method
     prepares it) on ``data``, a piece of ``model_obj.split_data(data, max_points)`` at a time,
     concatenated along the outermost plate (dim 1): memory is capped by ``max_points``, not by
-    the size of the data. ``(pointwise, log_prior)`` with ``return_log_prior``."""
+    the size of the data. ``(pointwise, log_prior)`` with ``return_log_prior``.
+
+    A model whose alignments form a chain (``model_obj.chained``) is scored by its exact
+    ``alignment_chain(piece).log_marginal()`` (the forward algorithm), one value per sequence,
+    when ``model`` is the model itself (a method that changes the model, such as soft
+    attention, is scored through ``model``)."""
+    chain = getattr(model_obj, "alignment_chain", None)
+    if getattr(model_obj, "chained", False) and callable(chain) and model == model_obj.model:
+        if samples:
+            raise ValueError("a chain of alignments is scored exactly only without global latents")
+        with torch.no_grad():
+            parts = [
+                chain(piece).log_marginal() for piece in model_obj.split_data(data, max_points)
+            ]
+        pointwise = torch.cat(parts)[None]
+        log_prior = torch.zeros(1, dtype=pointwise.dtype, device=pointwise.device)
+        return (pointwise, log_prior) if return_log_prior else pointwise
     pieces, prior = [], None
     for piece in model_obj.split_data(data, max_points):
         part, prior = pointwise_log_likelihood(
@@ -320,10 +354,11 @@ def sample_guide_globals(
     with torch.no_grad(), pyro.plate(_PARTICLES, num_samples, dim=-(nesting + 1)):
         trace = poutine.trace(guide).get_trace(data)
     trace.compute_log_prob()
-    prototype = guide.prototype_trace.nodes
+    global_names = guide.global_site_names()
+    prototype = guide.prototype_trace.nodes if global_names else {}
     names = [
         name
-        for name in guide.global_site_names()
+        for name in global_names
         if not any(frame.vectorized for frame in prototype[name]["cond_indep_stack"])
     ]
     shapes = {name: site_value(prototype[name]).shape for name in names}

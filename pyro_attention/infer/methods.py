@@ -140,6 +140,17 @@ NO_DISCRETE_LATENTS = Requirement(
 )
 
 
+def independent_alignments(why: str) -> Requirement:
+    """The model's alignments are independent of each other (no chain): ``why`` says what the
+    method would get wrong on a chain."""
+    return Requirement(
+        f"alignments independent of each other ({why})",
+        lambda s: not s.chained_alignments,
+        "on a chain of alignments use enum or exact (the chain summed exactly), reinforce, "
+        "rws, hard, hard-sample, gumbel or soft",
+    )
+
+
 def closed_form(update: str) -> Requirement:
     """The model provides the closed-form update ``update`` (see
     :meth:`~pyro_attention.models.AlignmentModel.closed_form_updates`)."""
@@ -274,6 +285,10 @@ class VIEnum(InferenceMethod):
     name = "vi-enum"
     alignment_guide = "enumerated"
     enumerate_guide = True
+    requires = (
+        HAS_ALIGNMENTS,
+        independent_alignments("a chain guide's expectation spans S^T joint alignments"),
+    )
 
     def loss(self, max_plate_nesting: int | None = None) -> ELBO:
         return TraceEnum_ELBO(max_plate_nesting=_nesting(max_plate_nesting))
@@ -325,6 +340,10 @@ class HardEnum(InferenceMethod):
     objective = "Jensen bound"
     enumerate_guide = True
     stochastic_gradient = False
+    requires = (
+        HAS_ALIGNMENTS,
+        independent_alignments("the prior of a chain would be enumerated over S^T alignments"),
+    )
 
     def loss(self, max_plate_nesting: int | None = None) -> ELBO:
         return TraceEnum_ELBO(max_plate_nesting=_nesting(max_plate_nesting))
@@ -382,6 +401,17 @@ class VISample(_PaperScoreFunction):
         super().__init__(baseline, num_particles)
         self.estimator = estimator
         self._neural = NeuralBaseline() if estimator == "tracegraph" else None
+
+    @property
+    def requires(self) -> tuple[Requirement, ...]:  # type: ignore[override]
+        if self.estimator == "tracegraph":
+            return (HAS_ALIGNMENTS,)
+        why = (
+            "the analytic KL of each position leaves the later positions' KL out of the "
+            "reward of the earlier draws, a biased gradient on a chain; "
+            "estimator='tracegraph' is unbiased"
+        )
+        return (HAS_ALIGNMENTS, independent_alignments(why))
 
     def guide_site_infer(self, name, batch_shape, features, plates, args, kwargs) -> dict:
         if self._neural is None:
@@ -490,6 +520,13 @@ class Dirichlet(InferenceMethod):
     name = "dirichlet"
     alignment_guide = "dirichlet"
     objective = "relaxed-model ELBO"
+    requires = (
+        HAS_ALIGNMENTS,
+        independent_alignments(
+            "a Dirichlet relaxation of each position given a relaxed previous one is no "
+            "relaxation of the chain"
+        ),
+    )
 
     def __init__(self, concentration: float = 1.0, pretrain_steps: int = 0) -> None:
         if isinstance(pretrain_steps, bool) or not isinstance(pretrain_steps, int):

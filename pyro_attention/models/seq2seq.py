@@ -24,7 +24,7 @@ Data are :class:`~pyro_attention.data.alignment_tasks.AlignmentBatch` objects.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pyro
 import pyro.distributions as dist
@@ -36,8 +36,19 @@ from torch.utils.checkpoint import checkpoint
 
 from pyro_attention._validation import check_positive_int
 from pyro_attention.alignment import alignment, attend, masked_logits
+from pyro_attention.alignment_chain import (
+    AlignmentChain,
+    hold_at_padding,
+    jump_transition_logits,
+    transition_row,
+)
 from pyro_attention.distributions import ObservedLogProb
+from pyro_attention.guides import GuideSpec
+from pyro_attention.guides.chain import AlignmentChainGuide
 from pyro_attention.models.base import AlignmentModel
+
+#: the alignment priors of :class:`LatentAlignmentSeq2Seq`
+ALIGNMENT_PRIORS = ("independent", "markov", "monotonic")
 
 
 def run_bidirectional(rnn: nn.LSTM, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -117,6 +128,17 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
         log-likelihoods of this many source positions at a time (recomputed in the backward
         pass), so memory is ``O(chunk * B * T * V)`` instead of ``O(S * B * T * V)``; ``None``
         computes all at once.
+    :param alignment_prior: ``"independent"`` (the paper's: :math:`z_j` given the decoder
+        state only), ``"markov"`` (the HMM alignment model of Vogel, Ney & Tillmann 1996 mixed
+        with the attention logits: :math:`p(z_j = k \\mid z_{j-1} = i) \\propto
+        \\exp(h_j^\\top W \\tilde x_k + \\delta[k - i])` with learned jump logits
+        :math:`\\delta` and a start distribution, see
+        :func:`~pyro_attention.alignment_chain.jump_transition_logits`) or ``"monotonic"`` (the
+        same with backward jumps forbidden). The chain priors write one ``alignment_{j}`` site
+        per target position inside ``pyro.markov``; ``enum`` sums the chain exactly in
+        ``O(T S^2)``, the guides of the sampling methods are chains too
+        (:class:`~pyro_attention.guides.chain.AlignmentChainGuide`).
+    :param max_jump: ``K``: jumps beyond ``±K`` share the last bucket (chain priors only).
     """
 
     name: ClassVar[str] = "seq2seq"
@@ -131,8 +153,16 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
         hidden_dim: int = 64,
         inference_network: bool = True,
         emission_chunk_size: int | None = None,
+        alignment_prior: str = "independent",
+        max_jump: int = 4,
     ) -> None:
         super().__init__()
+        if alignment_prior not in ALIGNMENT_PRIORS:
+            raise ValueError(
+                f"alignment_prior must be one of {ALIGNMENT_PRIORS}, got {alignment_prior!r}"
+            )
+        self.alignment_prior = alignment_prior
+        self.max_jump = check_positive_int(max_jump, "max_jump")
         if emission_chunk_size is not None:
             check_positive_int(emission_chunk_size, "emission_chunk_size")
         self.emission_chunk_size = emission_chunk_size
@@ -147,10 +177,27 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
         self.net = _Network(*sizes)
         if inference_network:
             self.encoder = InferenceNetwork(*sizes)
+        if self.chained:  # the jump and start logits of p and (with the network) of q
+            for module in (self.net, self.encoder):
+                if isinstance(module, nn.Module):
+                    module.jump_logits = nn.Parameter(torch.zeros(2 * max_jump + 1))
+                    module.start_logits = nn.Parameter(torch.zeros(max_jump + 1))
+
+    @property
+    def chained(self) -> bool:
+        """Whether each alignment depends on the previous one (a Markov or monotonic prior)."""
+        return self.alignment_prior != "independent"
+
+    @staticmethod
+    def site_name(position: int) -> str:
+        """The alignment site of target ``position`` under a chain prior."""
+        return f"alignment_{position}"
 
     def create_plates(self, batch: Any, **kwargs: Any) -> list[pyro.plate]:
         """The plates of one batch (its shape changes from batch to batch)."""
         num_batch, num_target = batch.target.shape
+        if self.chained:  # the positions are a chain, not a plate
+            return [pyro.plate(self.data_plate, num_batch, dim=-1)]
         return [
             pyro.plate(self.data_plate, num_batch, dim=-2),
             pyro.plate("position", num_target, dim=-1),
@@ -208,6 +255,95 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
                 parts.append(piece(states))
         return torch.cat(parts, 0).movedim(0, -1)
 
+    # ------------------------------------------------------------------ chains
+    def chain_tables(
+        self, content_logits: torch.Tensor, batch: Any, module: nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``init (B, S)`` and ``transition (B, T - 1, S, S)`` logits of a chain whose content
+        logits are ``content_logits (B, T, S)`` and whose jump and start logits are
+        ``module``'s (the model's network for p, the inference network for q); padded source
+        positions get no mass, padded target positions hold the previous alignment
+        (:func:`~pyro_attention.alignment_chain.hold_at_padding`). For the independent prior
+        every row of a step is the same, ``softmax(content_logits[:, j])``."""
+        source_mask = batch.source_mask
+        if not self.chained:
+            masked = masked_logits(content_logits, source_mask.unsqueeze(-2))
+            sources = masked.shape[-1]
+            rows = masked[:, 1:, None, :].expand(-1, -1, sources, -1)
+            return masked[:, 0], hold_at_padding(rows, batch.target_mask)
+        init, transition = jump_transition_logits(
+            content_logits,
+            cast(torch.Tensor, module.jump_logits),
+            cast(torch.Tensor, module.start_logits),
+            source_mask=source_mask,
+            monotonic=self.alignment_prior == "monotonic",
+        )
+        return init, hold_at_padding(transition, batch.target_mask)
+
+    def prior_tables(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prior chain of ``batch``: :meth:`chain_tables` of the attention logits."""
+        encoder = self.encode(batch.source, batch.source_mask)
+        logits = self.prior_logits(self.decode(batch.target_in), encoder)
+        return self.chain_tables(logits, batch, self.net)
+
+    def guide_tables(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chain of ``q(z | x, y)``: :meth:`chain_tables` of the inference network's
+        logits with its own jump and start logits."""
+        if self.encoder is None:
+            raise ValueError("the guide tables need the inference network (inference_network=True)")
+        logits = self.encoder("alignment", {}, batch)
+        return self.chain_tables(logits, batch, cast(nn.Module, self.encoder))
+
+    def alignment_chain(self, batch: Any) -> AlignmentChain:
+        """The exact posterior of ``batch``'s alignments as an
+        :class:`~pyro_attention.alignment_chain.AlignmentChain` (prior tables and the emission
+        table :math:`\\log p(y_j \\mid x_i, h_j)`), for any prior: its ``log_marginal`` is
+        :math:`\\log p(y \\mid x)` per sequence, ``viterbi`` the best alignment."""
+        encoder = self.encode(batch.source, batch.source_mask)
+        decoder = self.decode(batch.target_in)
+        init, transition = self.chain_tables(self.prior_logits(decoder, encoder), batch, self.net)
+        emission = self.emission_table(encoder, decoder, batch.target)
+        return AlignmentChain(init, transition, emission, lengths=batch.target_mask.sum(-1))
+
+    def guide(self, spec: GuideSpec | str) -> Any:
+        """The guide for ``spec``: a chain guide under a chain prior, else the autoguide."""
+        if not self.chained:
+            return super().guide(spec)
+        return AlignmentChainGuide(
+            spec,
+            prior_tables=self.prior_tables,
+            guide_tables=self.guide_tables if self.encoder is not None else None,
+            network=cast(nn.Module, self.encoder) if self.encoder is not None else None,
+            create_plate=lambda batch: self.create_plates(batch)[0],
+            num_positions=lambda batch: batch.target.shape[-1],
+            site_name=self.site_name,
+            local_features=lambda batch: self.decode(batch.target_in).detach(),
+        )
+
+    def _chain_model(
+        self, batch: Any, encoder: torch.Tensor, decoder: torch.Tensor, logits: torch.Tensor
+    ) -> None:
+        """The model under a chain prior: ``alignment_{j}`` and ``target_{j}`` per position,
+        in ``pyro.markov``."""
+        init, transition = self.chain_tables(logits, batch, self.net)
+        (batch_plate,) = self.create_plates(batch)
+        table: torch.Tensor | None = None
+        z: torch.Tensor | None = None
+        with batch_plate:
+            for j in pyro.markov(range(batch.target.shape[-1])):
+                row = init if z is None else transition_row(transition[:, j - 1], z)
+                z = alignment(self.site_name(j), row)
+                target = batch.target[:, j]
+                with poutine.mask(mask=batch.target_mask[:, j]):
+                    if _is_enumerated(z, target):  # one emission table for every position
+                        if table is None:
+                            table = self.emission_table(encoder, decoder, batch.target)
+                        log_lik = attend(table[:, j], z, event_dim=0)
+                        pyro.sample(f"target_{j}", ObservedLogProb(log_lik), obs=target)
+                    else:
+                        emission = self.emission_logits(attend(encoder, z), decoder[:, j])
+                        pyro.sample(f"target_{j}", dist.Categorical(logits=emission), obs=target)
+
     # ------------------------------------------------------------------ model
     def model(self, batch: Any) -> None:
         """The generative model of the target tokens of ``batch`` given its sources."""
@@ -215,6 +351,9 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
         encoder = self.encode(batch.source, batch.source_mask)  # (B, S, H)
         decoder = self.decode(batch.target_in)  # (B, T, H)
         logits = self.prior_logits(decoder, encoder)  # alignment() softmaxes in >= float32
+        if self.chained:
+            self._chain_model(batch, encoder, decoder, logits)
+            return
         mask = batch.source_mask.unsqueeze(-2).expand_as(logits)
         batch_plate, position_plate = self.create_plates(batch)
         with batch_plate, position_plate, poutine.mask(mask=batch.target_mask):

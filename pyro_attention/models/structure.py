@@ -18,6 +18,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from pyro_attention.alignment import is_alignment_site
+from pyro_attention.handlers import enumerate_alignments
 from pyro_attention.traces import own_param_store, site_dist, site_infer
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ class ModelStructure:
     :ivar max_plate_nesting: plates nested in the deepest site.
     :ivar site_shapes: ``{site: "dtype shape"}`` of every sample site, observed ones included,
         e.g. ``{"weights": "float32 (4,)"}``: the model's size and precision on this data.
+    :ivar chained_alignments: the prior of an alignment site depends on another alignment
+        site's value (a chain written in ``pyro.markov``): found by enumerating the model once,
+        where such a site's distribution carries the other site's enumeration dim.
     """
 
     model: str
@@ -55,6 +59,7 @@ class ModelStructure:
     accepts_subsample_size: bool
     max_plate_nesting: int
     site_shapes: tuple[tuple[str, str], ...] = ()
+    chained_alignments: bool = False
 
 
 def trace_model(model_obj: AlignmentModel, data: Any, *, log_prob: bool = False) -> poutine.Trace:
@@ -79,6 +84,28 @@ def trace_model(model_obj: AlignmentModel, data: Any, *, log_prob: bool = False)
             "the model expects) and the model's own arguments to its distributions"
             + (f"; the data are {data.dtype}: use data.float()" if half else "")
         ) from err
+
+
+def chained_alignments(model_obj: AlignmentModel, data: Any) -> bool:
+    """Whether some alignment site's distribution depends on another alignment site: under
+    parallel enumeration its batch shape then spans that site's enumeration dim."""
+    enumerated = poutine.enum(
+        enumerate_alignments(model_obj.model),
+        first_available_dim=-(model_obj.max_plate_nesting + 1),
+    )
+    with torch.no_grad(), own_param_store():
+        trace = poutine.block(poutine.trace(enumerated).get_trace)(data)
+    sites = [site for _, site in trace.iter_stochastic_nodes() if is_alignment_site(site)]
+    dims = {site["name"]: site_infer(site).get("_enumerate_dim") for site in sites}
+    for site in sites:
+        shape = site_dist(site).batch_shape
+        own = dims[site["name"]]
+        for other, dim in dims.items():
+            if other == site["name"] or dim is None or dim == own or len(shape) < -dim:
+                continue
+            if shape[dim] > 1:
+                return True
+    return False
 
 
 def plate_nesting(trace: poutine.Trace) -> int:
@@ -135,6 +162,7 @@ def inspect_model(model_obj: AlignmentModel | Callable[..., Any], data: Any) -> 
         accepts_subsample_size=model_obj.accepts_subsample_size(),
         max_plate_nesting=plate_nesting(trace),
         site_shapes=tuple(shapes),
+        chained_alignments=len(alignments) > 1 and chained_alignments(model_obj, data),
     )
 
 

@@ -66,6 +66,15 @@ def _seq2seq() -> Case:
     return make, data.tensors("train"), data.tensors("test")
 
 
+def _seq2seq_markov() -> Case:
+    data = make_alignment_dataset(get_task("reverse"), num_train=24, num_valid=4, num_test=8)
+    make = lambda: LatentAlignmentSeq2Seq(  # noqa: E731
+        len(data.source_vocab), len(data.target_vocab), embed_dim=4, hidden_dim=6,
+        alignment_prior="markov",
+    )
+    return make, data.tensors("train"), data.tensors("test")
+
+
 def _gp_attention() -> Case:
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(1, 7, (60, 5), generator=gen)
@@ -84,6 +93,7 @@ MODELS: dict[str, Callable[[], Case]] = {
     "gmm": _gmm,
     "bernoulli": _bernoulli,
     "seq2seq": _seq2seq,
+    "seq2seq-markov": _seq2seq_markov,
     "poisson-fn": lambda: (lambda: poisson_mixture, poisson_data(80), poisson_data(40, 1)),
     "kv-attention": lambda: (KeyValueAttention, kv_data(80), kv_data(40, 1)),
     "scale-mixture": lambda: (ScaleMixture, scale_data(80), scale_data(40, 1)),
@@ -114,10 +124,14 @@ REFUSED = {
     ("nuts", "scale-mixture"),  # continuous local latents
     ("nuts", "keyless-lookup"),
     ("cavi", "bernoulli"),
+    ("nuts", "seq2seq-markov"),
+} | {
+    (method, "seq2seq-markov")  # each position enumerated, scored or relaxed on its own
+    for method in ("vi-enum", "vi-enum-warmup", "hard-enum", "vi-sample", "dirichlet")
 } | {
     (continuous, model)  # these need every latent continuous
     for continuous in CONTINUOUS_ONLY
-    for model in ("gmm", "bernoulli", "seq2seq", "poisson-fn", "kv-attention")
+    for model in ("gmm", "bernoulli", "seq2seq", "seq2seq-markov", "poisson-fn", "kv-attention")
     + ("scale-mixture", "keyless-lookup")
 } | {
     (closed, model)
