@@ -414,14 +414,19 @@ def compare(
         options.pop("subsample_size")
     initial = clone_state(model_obj)  # every method starts from the same network weights
     folder = None
+    finished: dict[str, dict[str, Any]] = {}
     if out is not None:
         folder = RunFolder(
             out, resume=resume, seed=seed, kind=f"compare {model_obj.name}"
         ).__enter__()
         comparison.folder = folder
+        try:
+            finished = _finished_rows(comparison, folder, objects)
+        except BaseException:  # a refused resume leaves the folder's summary as it was
+            folder.__exit__()
+            raise
     state = "interrupted"
     try:
-        finished = {} if folder is None else _finished_rows(comparison, folder, objects)
         for method in tqdm(objects, desc="methods", disable=not progress):
             if method.name in finished:
                 _reuse_row(comparison, folder, finished[method.name], train)

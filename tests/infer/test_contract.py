@@ -488,6 +488,10 @@ def test_a_bad_import_is_refused_clearly(tmp_path, capsys):
         ({"num_steps": 0}, "num_steps must be"),
         ({"lr": -1.0}, "lr must be"),
         ({"methods": ["em", Dirichlet(pretrain_steps=50)], "num_steps": 20}, "leaves none"),
+        ({"num_samples": 0}, "num_samples must be"),
+        ({"grad_draws": 1}, "grad_draws must be"),  # a variance needs two draws
+        ({"local_draws": 0}, "local_draws must be"),
+        ({"num_samples": 2.5}, "num_samples must be"),
     ],
 )
 def test_compare_refuses_bad_options_before_any_method_runs(tmp_path, options, match):

@@ -79,6 +79,7 @@ def test_resume_after_an_interrupt_gives_the_uninterrupted_result(tmp_path, monk
 
 def test_resume_refuses_a_run_made_with_other_options(tmp_path):
     _compare(tmp_path, seed=0)
+    summary = (tmp_path / "summary.json").read_text()
     data = load_gmm2d()
     with pytest.raises(ValueError, match=r"cannot resume .*seed: 0 then, 1 now"):
         compare(
@@ -106,6 +107,12 @@ def test_resume_refuses_a_run_made_with_other_options(tmp_path):
             compare(model, train, test, METHODS, out=tmp_path, resume=True, **OPTIONS)
     with pytest.raises(ValueError, match="resume=True needs out="):
         compare(BayesianGMM(2, 2), data.train, data.test, METHODS, resume=True, **OPTIONS)
+    # a refused resume leaves the run as it was, and the right one still resumes it
+    assert (tmp_path / "summary.json").read_text() == summary
+    again = compare(
+        BayesianGMM(2, 2), data.train, data.test, METHODS, out=tmp_path, resume=True, **OPTIONS
+    )
+    assert sorted(again.resumed) == sorted(METHODS)
 
 
 def test_a_fresh_run_replaces_the_previous_runs_files_and_lists_foreign_ones(tmp_path):
