@@ -102,7 +102,7 @@ def provenance_line(files: str, provenances: Sequence[dict[str, Any]], note: str
     seed_text = ""
     if len(provenances) > 1:
         command = re.sub(r"seed-\d+", "seed-S", re.sub(r"--seed \d+", "--seed S", command))
-        seed_text = f" for S = {', '.join(str(s) for s in seeds)}"
+        seed_text = f" for S = {', '.join(str(s) for s in dict.fromkeys(seeds))}"
     commits = sorted({(p.get("commit") or p.get("git_commit") or "?")[:7] for p in provenances})
     torches = sorted({p.get("torch", "?") for p in provenances})
     threads = sorted({str(p.get("threads", "?")) for p in provenances})
@@ -196,6 +196,74 @@ def alignment_table(results: Path, task: str) -> str:
     header = ["method", *(name for _, name, _ in ALIGNMENT_COLUMNS)]
     line = provenance_line(
         f"results/alignment-{task}/seed-*/summary.json", [s["provenance"] for s in summaries]
+    )
+    return markdown(header, body) + "\n\n" + line
+
+
+PRIOR_TASKS = ("dates", "translation", "reverse")
+ALIGNMENT_PRIORS = ("independent", "markov", "monotonic")
+PRIOR_COLUMNS = (
+    ("heldout_log_lik", "log-lik / token", 3),
+    ("ppl", "ppl", 3),
+    ("prior_entropy", "H", 3),
+    ("alignment_accuracy", "Viterbi acc", 3),
+    ("tokens_per_second", "tok/s", 0),
+)
+
+
+def alignment_priors_table(results: Path) -> str:
+    """The exact objective under each alignment prior on each task, from the cells of
+    ``pyro-attention sweep examples/alignment_priors_sweep.toml``."""
+    folder = results / "alignment-priors" / "alignment"
+    body, provenances = [], []
+    for task in PRIOR_TASKS:
+        for prior in ALIGNMENT_PRIORS:
+            cell = folder / f"task={task},alignment_prior={prior}" / "exact"
+            summaries = seed_summaries(cell)
+            provenances += [s["provenance"] for s in summaries]
+            seeds = [row for s in summaries for row in s["results"]]
+            body.append(
+                [task, prior]
+                + [
+                    mean_cell(
+                        [r.get(key) for r in seeds], digits, thousands=key == "tokens_per_second"
+                    )
+                    for key, _, digits in PRIOR_COLUMNS
+                ]
+            )
+    header = ["task", "prior", *(name for _, name, _ in PRIOR_COLUMNS)]
+    line = provenance_line(
+        "results/alignment-priors/alignment/task=*,alignment_prior=*/exact/seed-*/summary.json",
+        provenances,
+        note=f"{len(provenances)} runs, one per task, prior and seed, written by "
+        "`pyro-attention sweep examples/alignment_priors_sweep.toml --workers 2 --out "
+        "results/alignment-priors`",
+    )
+    return markdown(header, body) + "\n\n" + line
+
+
+CHAIN_VARIANTS = ("independent", "markov-pyro", "markov-forward", "markov-funsor")
+
+
+def alignment_chain_table(results: Path) -> str:
+    """Step time and peak memory of the exact objective, independent prior against three ways
+    of summing the Markov chain (``bench/bench_alignment_chain.py``)."""
+    figures = read(results / "bench" / "alignment_chain.json")
+    body = []
+    for row in figures["rows"]:
+        cells = [f"{row['S']} × {row['T']}", number(1e3 * row["independent"]["seconds"], 1)]
+        for name in CHAIN_VARIANTS[1:]:
+            cells.append(f"{row[name]['ratio']:.2f}×")
+        cells += [number(row[name]["peak_mb"], 1) for name in CHAIN_VARIANTS]
+        body.append(cells)
+    header = ["S × T", "independent ms", "Pyro enum", "forward", "funsor"]
+    header += [f"{name} MB" for name in ("indep.", "Pyro", "fwd", "funsor")]
+    batch = figures["rows"][0]["B"]
+    line = provenance_line(
+        "results/bench/alignment_chain.json",
+        [figures["provenance"]],
+        note=f"one forward and backward pass of {batch} sequences; times are medians of "
+        "interleaved rounds, as ratios to the independent prior's",
     )
     return markdown(header, body) + "\n\n" + line
 
@@ -533,6 +601,8 @@ def tables(results: Path) -> dict[str, Callable[[], str]]:
         "gmm": lambda: gmm_table(results),
         "alignment-dates": lambda: alignment_table(results, "dates"),
         "alignment-translation": lambda: alignment_table(results, "translation"),
+        "alignment-priors": lambda: alignment_priors_table(results),
+        "alignment-chain-cost": lambda: alignment_chain_table(results),
         "digits-mixture": lambda: digits_tables(results)[0],
         "digits-lookup": lambda: digits_tables(results)[1],
         "sla": lambda: sla_table(results),

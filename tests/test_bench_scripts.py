@@ -14,6 +14,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 TINY = {  # script: (options, the flag that names the JSON file)
+    "bench_alignment_chain.py": ("--lengths 3 --repeats 1 --batch 2".split(), "--json"),
     "bench_cavi_sklearn.py": ("--n 2000 --dim 3 --components 3 --rounds 2".split(), "--json"),
     "bench_pyro_overhead.py": (
         "--n 200 --k 2 --covariance diag --guides delta --rounds 1 --steps 2 --warmup 1".split(),

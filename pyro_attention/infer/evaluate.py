@@ -193,7 +193,8 @@ def _refuse_recycled_dims(trace: Any) -> None:
             raise ValueError(
                 f"enumerated sites {seen[dim]!r} and {name!r} share an enumeration dim (a chain "
                 "in pyro.markov); the evaluator cannot sum a chain cell by cell: give the model "
-                "an alignment_chain(data) method returning the exact AlignmentChain"
+                "chained = True and an alignment_chain(data) method returning the exact "
+                "pyro_attention.alignment_chain.AlignmentChain of the data"
             )
         seen[dim] = name
 
