@@ -19,7 +19,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import pyro
 import pyro.distributions as dist
@@ -96,6 +96,26 @@ def is_alignment_site(site: Message) -> bool:
         return False
     infer = site.get("infer") or {}
     return bool(infer.get(ALIGNMENT_TAG, False))
+
+
+def has_chained_alignments(trace: Any) -> bool:
+    """Whether, in a trace made under parallel enumeration of the alignment sites, some
+    alignment site's distribution depends on another alignment site: its batch shape then spans
+    that site's enumeration dim (a chain written in ``pyro.markov``, where dims are recycled,
+    shows the same way)."""
+    sites = [
+        site
+        for site in trace.nodes.values()
+        if is_alignment_site(site) and site["infer"].get("_enumerate_dim") is not None
+    ]
+    dims = {site["name"]: site["infer"]["_enumerate_dim"] for site in sites}
+    for site in sites:
+        shape = site["fn"].batch_shape
+        own = dims[site["name"]]
+        for name, dim in dims.items():
+            if name != site["name"] and dim != own and len(shape) >= -dim and shape[dim] > 1:
+                return True
+    return False
 
 
 def attend(values: torch.Tensor, z: torch.Tensor, *, event_dim: int = 1) -> torch.Tensor:

@@ -47,27 +47,51 @@ def _check(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-normalised ``init``, ``transition`` broadcast to ``(B, T-1, S, S)``, ``emission``,
     and the ``(B, T)`` mask of real target positions."""
+    for name, value in (
+        ("init_logits", init_logits),
+        ("transition_logits", transition_logits),
+        ("emission", emission),
+    ):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{name} must be a floating-point tensor, got {kind}")
     if emission.dim() != 3:
         raise ValueError(f"emission must be (B, T, S), got shape {tuple(emission.shape)}")
     batch, steps, sources = emission.shape
     if steps < 1 or sources < 1:
         raise ValueError(f"emission {tuple(emission.shape)} has no target or no source position")
-    if init_logits.shape[-1] != sources:
-        raise ValueError(
-            f"init_logits has {init_logits.shape[-1]} source positions, emission has {sources}"
-        )
-    if transition_logits.shape[-2:] != (sources, sources):
-        raise ValueError(
-            f"transition_logits must end in ({sources}, {sources}), got "
-            f"{tuple(transition_logits.shape)}"
-        )
+    wanted = {
+        "init_logits": (init_logits, (batch, sources)),
+        "transition_logits": (transition_logits, (batch, steps - 1, sources, sources)),
+    }
+    for name, (value, shape) in wanted.items():
+        try:
+            torch.broadcast_shapes(value.shape, shape)
+            fits = value.dim() <= len(shape)
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"{name} has shape {tuple(value.shape)}; for emission {tuple(emission.shape)} "
+                f"it must broadcast to {shape} (B, T - 1 steps, S, S for the transitions)"
+            )
     log_init = init_logits.log_softmax(-1).expand(batch, sources)
     log_trans = transition_logits.log_softmax(-1).expand(batch, max(steps - 1, 0), sources, sources)
     if lengths is None:
         mask = torch.ones(batch, steps, dtype=torch.bool, device=emission.device)
     else:
-        if lengths.shape != (batch,) or lengths.dtype.is_floating_point:
-            raise ValueError(f"lengths must be ({batch},) integers, got {tuple(lengths.shape)}")
+        if (
+            not isinstance(lengths, torch.Tensor)
+            or lengths.shape != (batch,)
+            or lengths.dtype.is_floating_point
+            or lengths.dtype == torch.bool
+        ):
+            got = (
+                f"{lengths.dtype} {tuple(lengths.shape)}"
+                if isinstance(lengths, torch.Tensor)
+                else type(lengths).__name__
+            )
+            raise ValueError(f"lengths must be a ({batch},) integer tensor, got {got}")
         if bool((lengths < 1).any()) or bool((lengths > steps).any()):
             raise ValueError(f"lengths must lie in [1, {steps}], got {lengths.tolist()}")
         mask = torch.arange(steps, device=emission.device) < lengths[:, None]

@@ -681,8 +681,6 @@ def _compare_alignment(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else round(args.epochs * batches_per_epoch)
     steps = max(1, steps)  # a fraction of an epoch is at least one step
     prior = args.alignment_prior or "independent"
-    if args.max_jump is not None and prior == "independent":
-        raise ValueError("--max-jump applies to --alignment-prior markov or monotonic only")
     chained = prior != "independent"
     methods = _methods(
         args,
@@ -906,6 +904,8 @@ def _compare_seeds(args: argparse.Namespace) -> int:
     seeds = _seeds(args.seeds, args.seed)
     threads = 1 if args.threads is None else args.threads
     base = _seed_argv(args)
+    if args.model == "alignment":  # the run of every seed would refuse these
+        _check_alignment_methods(args)
     cells = [
         Cell(
             name=f"seed-{seed}",
@@ -950,9 +950,30 @@ def check_cell_command(argv: Sequence[str]) -> None:
     if len(set(names)) != len(names):
         raise ValueError(f"--methods {args.methods!r} names a method twice")
     if args.model == "alignment":
-        from pyro_attention.data import get_task
+        _check_alignment_methods(args)
 
-        get_task(args.task)
+
+def _check_alignment_methods(args: argparse.Namespace) -> None:
+    """The task known, and every method of ``compare alignment`` applicable to the model with
+    the chosen prior (read from a model on two examples of the task, as the run will)."""
+    from pyro_attention.data import get_task, make_alignment_dataset
+    from pyro_attention.experiments.compare_alignment import (
+        CHAIN_METHODS,
+        PAPER_METHODS,
+        paper_method,
+    )
+    from pyro_attention.models import LatentAlignmentSeq2Seq
+    from pyro_attention.models.structure import inspect_model
+
+    data = make_alignment_dataset(get_task(args.task), num_train=2, num_valid=1, num_test=1)
+    prior = args.alignment_prior or "independent"
+    model = LatentAlignmentSeq2Seq(
+        len(data.source_vocab), len(data.target_vocab), 4, 4, alignment_prior=prior
+    )
+    structure = inspect_model(model, data.tensors("train"))
+    default = CHAIN_METHODS if model.chained else PAPER_METHODS
+    for name in _method_names(args, default):
+        paper_method(name, 10, chained=model.chained).check(structure)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -1014,6 +1035,9 @@ def _check_compare(args: argparse.Namespace) -> None:
             "compare sgpa runs its --seeds in one process; spread them with "
             "pyro-attention sweep (one cell per seed) instead"
         )
+    if args.model == "alignment" and args.max_jump is not None:
+        if (args.alignment_prior or "independent") == "independent":
+            raise ValueError("--max-jump applies to --alignment-prior markov or monotonic only")
     if args.model != "sgpa" and args.seeds is None:
         for dest in ("workers", "executor", "address"):
             if _given(args, dest):

@@ -167,12 +167,21 @@ def test_bad_inputs_are_refused():
     init, trans, emission = _chain()
     with pytest.raises(ValueError, match="emission must be"):
         AlignmentChain(init, trans, emission[0])
-    with pytest.raises(ValueError, match="init_logits has 2 source positions"):
+    with pytest.raises(ValueError, match=r"init_logits has shape \(3, 2\).*broadcast to \(3, 3\)"):
         AlignmentChain(init[:, :2], trans, emission)
-    with pytest.raises(ValueError, match="transition_logits must end in"):
+    with pytest.raises(ValueError, match="transition_logits has shape"):
         AlignmentChain(init, trans[..., :2], emission)
+    with pytest.raises(ValueError, match=r"transition_logits .* \(3, 3, 3, 3\)"):
+        AlignmentChain(init, trans[:, :2], emission)  # T - 2 steps
+    with pytest.raises(ValueError, match="init_logits has shape"):
+        AlignmentChain(init[:2], trans, emission)  # another batch size
+    with pytest.raises(ValueError, match="must be a floating-point tensor"):
+        AlignmentChain(init, trans, emission.long())
     with pytest.raises(ValueError, match=r"lengths must lie in \[1, 4\]"):
         AlignmentChain(init, trans, emission, torch.tensor([0, 1, 2]))
+    for lengths in ([1, 2, 3], torch.tensor([True, True, False]), torch.tensor([1.0, 2.0, 3.0])):
+        with pytest.raises(ValueError, match="lengths must be a \\(3,\\) integer tensor"):
+            AlignmentChain(init, trans, emission, lengths)
     with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
         AlignmentChain(init, trans, emission).sample(0)
 

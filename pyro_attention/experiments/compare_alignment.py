@@ -153,6 +153,7 @@ def compare_alignment(
         "lr": lr,
         "k": k,
         "alignment_prior": getattr(probe, "alignment_prior", None),
+        "max_jump": getattr(probe, "max_jump", None) if chained else None,
         "num_train": len(dataset.train),
         "num_test": len(dataset.test),
     }

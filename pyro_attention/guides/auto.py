@@ -60,7 +60,7 @@ from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn import PyroModule, PyroParam
 from pyro.poutine.runtime import InferDict, Message
 
-from pyro_attention.alignment import is_alignment_site
+from pyro_attention.alignment import has_chained_alignments, is_alignment_site
 from pyro_attention.distributions import ClampedDirichlet, StraightThroughCategorical
 from pyro_attention.gp import GP_NOISE, is_gp_noise_site
 from pyro_attention.handlers import MIN_CONCENTRATION, enumerate_alignments
@@ -218,6 +218,8 @@ class AutoAlignmentGuide(AutoGuide):
             for name, site in self.prototype_trace.iter_stochastic_nodes()
             if is_gp_noise_site(site)
         }
+        if self.kind == "prior" and len(self.alignment_sites) > 1:
+            self._refuse_a_chain(args, kwargs)
         others = [
             name
             for name, site in self.prototype_trace.iter_stochastic_nodes()
@@ -250,6 +252,22 @@ class AutoAlignmentGuide(AutoGuide):
                 else:
                     param = PyroParam(logits, event_dim=1)
                 deep_setattr(self.local, name, param)
+
+    def _refuse_a_chain(self, args: tuple, kwargs: dict) -> None:
+        """The ``prior`` kind draws each alignment from its prior given the *model's* draws
+        of the others, which is the prior only when the alignments are independent: refuse a
+        chain (:func:`~pyro_attention.alignment.has_chained_alignments`)."""
+        nesting = max((-f.dim for f in self._prototype_frames.values()), default=0)
+        model = poutine.enum(enumerate_alignments(self.model), first_available_dim=-(nesting + 1))
+        with torch.no_grad():
+            trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+        if has_chained_alignments(trace):
+            raise ValueError(
+                "the prior guide of AutoAlignmentGuide samples each alignment given the model's "
+                "own draws of the others, which is not the prior of a chain of alignments: give "
+                "the model a guide(spec) that samples the chain position by position "
+                "(pyro_attention.guides.chain.AlignmentChainGuide), or use enum, reinforce or rws"
+            )
 
     def _initial_local_logits(self, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
         """Logits of :math:`p(z \\mid x, \\theta_0)`, the posterior of each alignment given the

@@ -269,6 +269,25 @@ def check_model(model_obj: AlignmentModel, data: Any) -> ModelStructure:
     data = model_obj.check_data(data)
     structure = inspect_model(model_obj, data)
     check_nesting(model_obj, structure)
+    if structure.chained_alignments:
+        if not (
+            getattr(model_obj, "chained", False)
+            and callable(getattr(model_obj, "alignment_chain", None))
+        ):
+            raise ValueError(
+                f"{structure.model}: its alignments form a chain (an alignment's prior depends "
+                "on another alignment), which the evaluator scores only through the model's "
+                "exact chain: set chained = True on the model and define alignment_chain(data) "
+                "returning the pyro_attention.alignment_chain.AlignmentChain of the data"
+            )
+        if structure.global_sites or structure.local_sites:
+            raise ValueError(
+                f"{structure.model}: its alignments form a chain and it has continuous latent "
+                f"sites ({', '.join(structure.global_sites + structure.local_sites)}); the "
+                "evaluator scores a chain exactly only without them"
+            )
+        model_log_likelihood(model_obj, model_obj.model, {}, data)
+        return structure
     first = trace_model(model_obj, data, log_prob=True)  # bad data is blamed on the data
     num = _size_not_in(first)  # a draw dimension no dim of the model can be mistaken for
     draws = [first] + [trace_model(model_obj, data) for _ in range(num - 1)]

@@ -147,7 +147,7 @@ def independent_alignments(why: str) -> Requirement:
         f"alignments independent of each other ({why})",
         lambda s: not s.chained_alignments,
         "on a chain of alignments use enum or exact (the chain summed exactly), reinforce, "
-        "rws, hard, hard-sample, gumbel or soft",
+        "rws, hard, hard-sample, gumbel, soft or VISample(estimator='tracegraph')",
     )
 
 

@@ -298,7 +298,9 @@ class LatentAlignmentSeq2Seq(AlignmentModel):
         """The exact posterior of ``batch``'s alignments as an
         :class:`~pyro_attention.alignment_chain.AlignmentChain` (prior tables and the emission
         table :math:`\\log p(y_j \\mid x_i, h_j)`), for any prior: its ``log_marginal`` is
-        :math:`\\log p(y \\mid x)` per sequence, ``viterbi`` the best alignment."""
+        :math:`\\log p(y \\mid x)` per sequence, ``viterbi`` the best alignment. The batch
+        is checked first (:meth:`check_data`)."""
+        batch = self.check_data(batch)
         encoder = self.encode(batch.source, batch.source_mask)
         decoder = self.decode(batch.target_in)
         init, transition = self.chain_tables(self.prior_logits(decoder, encoder), batch, self.net)

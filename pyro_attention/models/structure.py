@@ -17,7 +17,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from pyro_attention.alignment import is_alignment_site
+from pyro_attention.alignment import has_chained_alignments, is_alignment_site
 from pyro_attention.handlers import enumerate_alignments
 from pyro_attention.traces import own_param_store, site_dist, site_infer
 
@@ -86,26 +86,16 @@ def trace_model(model_obj: AlignmentModel, data: Any, *, log_prob: bool = False)
         ) from err
 
 
-def chained_alignments(model_obj: AlignmentModel, data: Any) -> bool:
-    """Whether some alignment site's distribution depends on another alignment site: under
-    parallel enumeration its batch shape then spans that site's enumeration dim."""
+def chained_alignments(model_obj: AlignmentModel, data: Any, nesting: int) -> bool:
+    """Whether some alignment site's prior depends on another alignment site
+    (:func:`~pyro_attention.alignment.has_chained_alignments` of one enumerated trace; the
+    enumeration dims start left of ``nesting`` plates)."""
     enumerated = poutine.enum(
-        enumerate_alignments(model_obj.model),
-        first_available_dim=-(model_obj.max_plate_nesting + 1),
+        enumerate_alignments(model_obj.model), first_available_dim=-(nesting + 1)
     )
     with torch.no_grad(), own_param_store():
         trace = poutine.block(poutine.trace(enumerated).get_trace)(data)
-    sites = [site for _, site in trace.iter_stochastic_nodes() if is_alignment_site(site)]
-    dims = {site["name"]: site_infer(site).get("_enumerate_dim") for site in sites}
-    for site in sites:
-        shape = site_dist(site).batch_shape
-        own = dims[site["name"]]
-        for other, dim in dims.items():
-            if other == site["name"] or dim is None or dim == own or len(shape) < -dim:
-                continue
-            if shape[dim] > 1:
-                return True
-    return False
+    return has_chained_alignments(trace)
 
 
 def plate_nesting(trace: poutine.Trace) -> int:
@@ -150,6 +140,7 @@ def inspect_model(model_obj: AlignmentModel | Callable[..., Any], data: Any) -> 
             locals_.append(name)
         else:
             globals_.append(name)
+    nesting = plate_nesting(trace)
     return ModelStructure(
         model=model_obj.name,
         alignment_sites=tuple(alignments),
@@ -160,9 +151,9 @@ def inspect_model(model_obj: AlignmentModel | Callable[..., Any], data: Any) -> 
         closed_form_updates=frozenset(model_obj.closed_form_updates()),
         has_encoder=model_obj.encoder is not None,
         accepts_subsample_size=model_obj.accepts_subsample_size(),
-        max_plate_nesting=plate_nesting(trace),
+        max_plate_nesting=nesting,
         site_shapes=tuple(shapes),
-        chained_alignments=len(alignments) > 1 and chained_alignments(model_obj, data),
+        chained_alignments=len(alignments) > 1 and chained_alignments(model_obj, data, nesting),
     )
 
 

@@ -6,19 +6,22 @@ import json
 import math
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
 
-from pyro_attention.alignment_chain import AlignmentChain
+from pyro_attention import alignment, attend
+from pyro_attention.alignment_chain import AlignmentChain, transition_row
 from pyro_attention.cli import main
 from pyro_attention.data.alignment_tasks import AlignmentBatch
 from pyro_attention.experiments.alignment_metrics import chain_prior_entropy, score_alignments
 from pyro_attention.guides import GuideSpec
 from pyro_attention.guides.chain import AlignmentChainGuide
 from pyro_attention.handlers import enumerate_alignments
-from pyro_attention.infer import Baseline, HardSample, Reinforce, get_method
+from pyro_attention.infer import Baseline, HardSample, Reinforce, compare, fit, get_method
+from pyro_attention.infer.compare import format_table
 from pyro_attention.infer.evaluate import model_log_likelihood, pointwise_log_likelihood
 from pyro_attention.models import LatentAlignmentSeq2Seq
 from pyro_attention.models.structure import inspect_model
@@ -306,3 +309,62 @@ def test_cli_markov_prior(tmp_path):
     refused = [*argv, "--alignment-prior", "monotonic", "--methods", "vi-enum"]
     assert main([*refused, "--out", str(tmp_path / "b")]) == 2
     assert not (tmp_path / "b" / "summary.json").exists()
+
+
+def sticky_copy(data):
+    """A user's chain: each step copies one of three items, staying with probability ``stick``
+    (a global latent) — alignment sites in pyro.markov, no alignment_chain."""
+    stick = pyro.sample("stick", dist.Beta(2.0, 2.0))
+    items = torch.tensor([-2.0, 0.0, 2.0])
+    eye = torch.eye(3)
+    rows = (stick * eye + (1 - stick) * (1 - eye) / 2).log()
+    z = None
+    with pyro.plate("sequences", data.shape[0], dim=-1):
+        for t in pyro.markov(range(data.shape[1])):
+            logits = torch.zeros(3) if z is None else transition_row(rows, z)
+            z = alignment(f"z_{t}", logits)
+            pyro.sample(f"x_{t}", dist.Normal(attend(items, z, event_dim=0), 0.5), obs=data[:, t])
+
+
+def test_a_users_chain_is_seen_and_refused_where_it_would_be_scored_wrongly():
+    data = torch.tensor([[-2.0, -2.1, 0.1, 2.0], [0.0, 0.2, 2.1, 1.9]] * 4)
+    structure = inspect_model(sticky_copy, data)  # a plain function: nesting from its trace
+    assert structure.chained_alignments and structure.global_sites == ("stick",)
+    with pytest.raises(ValueError, match="alignments form a chain"):
+        compare(sticky_copy, data, data, ["enum"], num_steps=2, progress=False)
+    with pytest.raises(ValueError, match="not the prior of a chain"):
+        fit(sticky_copy, data, "hard", num_steps=2, progress=False)
+    assert math.isfinite(fit(sticky_copy, data, "enum", num_steps=2, progress=False).losses[-1])
+
+
+def test_compare_scores_the_seq2seq_chain_exactly():
+    model, train = make_model("markov"), make_batch([(3, 3), (2, 3), (3, 2), (3, 3)], seed=7)
+    result = compare(
+        model,
+        train,
+        make_batch(LENGTHS, seed=8),
+        ["exact", "rws"],
+        num_steps=2,
+        num_samples=2,
+        grad_draws=2,
+        progress=False,
+    )
+    assert [row["status"] for row in result.rows] == ["ok", "ok"]
+    assert all(math.isfinite(row["heldout_log_lik"]) for row in result.rows)
+
+
+def test_runs_of_several_seeds_and_sweeps_check_the_chain_first(tmp_path, capsys):
+    argv = ["compare", "alignment", "--task", "reverse", "--num-train", "8", "--num-test", "4"]
+    argv += ["--steps", "1", "--no-progress", "--out", str(tmp_path / "s")]
+    assert main([*argv, "--alignment-prior", "markov", "--methods", "vi-enum", "--seeds", "2"]) == 2
+    assert "alignments independent of each other" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        'seeds = 1\n[[run]]\ncommand = "compare alignment"\nmethods = ["exact"]\n'
+        "options = { steps = 1, max_jump = 2 }\n"
+        'grid = { alignment_prior = ["independent", "markov"] }\n'
+    )
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "w")]) == 2
+    assert "--max-jump applies to --alignment-prior markov" in capsys.readouterr().err
+    assert format_table([], ["method", "ppl"]).splitlines()[0].split() == ["method", "ppl"]
