@@ -14,7 +14,8 @@ works in log space on a batch of sequences, ``O(T S^2)`` per sequence.
 
 - :meth:`~AlignmentChain.log_marginal`: ``log p(y) = log Σ_z p(y, z)``, the forward algorithm;
 - :meth:`~AlignmentChain.posterior_marginals`: ``p(z_j = i | y)``, the gradient of the log
-  marginal with respect to the emissions (the forward–backward identity);
+  marginal with respect to the emissions (the forward–backward identity), and
+  :meth:`~AlignmentChain.prior_marginals`, the same without emissions;
 - :meth:`~AlignmentChain.viterbi`: the most probable alignment ``argmax_z p(z | y)``;
 - :meth:`~AlignmentChain.sample`: exact draws from ``p(z | y)``, forward filtering, backward
   sampling.
@@ -156,6 +157,14 @@ class AlignmentChain:
             alphas, _ = _forward(log_init, log_trans, leaf, self.mask, "sum")
             (marginals,) = torch.autograd.grad(torch.logsumexp(alphas[-1], -1).sum(), leaf)
         return marginals
+
+    def prior_marginals(self) -> torch.Tensor:
+        """``p(z_j = i)`` under the prior alone, ``(B, T, S)`` (zero rows at padding): the
+        posterior marginals of the same chain without emissions."""
+        silent = AlignmentChain(
+            self.log_init, self.log_trans, torch.zeros_like(self.emission), self.mask.sum(-1)
+        )
+        return silent.posterior_marginals()
 
     def viterbi(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The most probable alignment and its log joint ``log p(y, z*)``: ``((B, T) long,

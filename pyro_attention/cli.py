@@ -41,6 +41,7 @@ import torch
 from pyro_attention._run_folder import check_output_folder, recorded_command
 from pyro_attention.executors import EXECUTORS, make_executor
 from pyro_attention.infer.registry import get_method, method_names
+from pyro_attention.models.seq2seq import ALIGNMENT_PRIORS
 
 MODELS = ("gmm", "alignment", "digits", "sgpa")
 #: the comparisons that ``--resume`` continues
@@ -198,8 +199,8 @@ def _parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParse
     )
     seq.add_argument(
         "--alignment-prior",
-        choices=("independent", "markov", "monotonic"),
-        default=None,
+        choices=ALIGNMENT_PRIORS,
+        default="independent",
         help="alignment: the prior of the alignments: independent given the decoder (default), "
         "markov (a learned jump distribution, HMM alignment) or monotonic (no backward jumps)",
     )
@@ -663,6 +664,7 @@ def _compare_alignment(args: argparse.Namespace) -> int:
     from pyro_attention.experiments.compare_alignment import (
         CHAIN_METHODS,
         PAPER_METHODS,
+        chain_options,
         compare_alignment,
     )
     from pyro_attention.models import LatentAlignmentSeq2Seq
@@ -680,18 +682,14 @@ def _compare_alignment(args: argparse.Namespace) -> int:
         raise ValueError("--steps and --epochs both set the training length; give one")
     steps = args.steps if args.steps is not None else round(args.epochs * batches_per_epoch)
     steps = max(1, steps)  # a fraction of an epoch is at least one step
-    prior = args.alignment_prior or "independent"
-    chained = prior != "independent"
+    chained = args.alignment_prior != "independent"
     methods = _methods(
         args,
         CHAIN_METHODS if chained else PAPER_METHODS,
         num_steps=steps,
         rws_particles=5,
         pretrain_fraction=0.3,
-        extra={
-            "rws": {"local": not chained},
-            "vi-sample": {"estimator": "tracegraph"} if chained else {},
-        },
+        extra=chain_options(chained),
     )
     dtype = getattr(torch, args.dtype)
 
@@ -702,7 +700,7 @@ def _compare_alignment(args: argparse.Namespace) -> int:
             args.embed,
             args.hidden,
             emission_chunk_size=args.emission_chunk_size,
-            alignment_prior=prior,
+            alignment_prior=args.alignment_prior,
             max_jump=4 if args.max_jump is None else args.max_jump,
         )
         return model.to(dtype=dtype)
@@ -966,9 +964,8 @@ def _check_alignment_methods(args: argparse.Namespace) -> None:
     from pyro_attention.models.structure import inspect_model
 
     data = make_alignment_dataset(get_task(args.task), num_train=2, num_valid=1, num_test=1)
-    prior = args.alignment_prior or "independent"
     model = LatentAlignmentSeq2Seq(
-        len(data.source_vocab), len(data.target_vocab), 4, 4, alignment_prior=prior
+        len(data.source_vocab), len(data.target_vocab), 4, 4, alignment_prior=args.alignment_prior
     )
     structure = inspect_model(model, data.tensors("train"))
     default = CHAIN_METHODS if model.chained else PAPER_METHODS
@@ -1036,7 +1033,7 @@ def _check_compare(args: argparse.Namespace) -> None:
             "pyro-attention sweep (one cell per seed) instead"
         )
     if args.model == "alignment" and args.max_jump is not None:
-        if (args.alignment_prior or "independent") == "independent":
+        if args.alignment_prior == "independent":
             raise ValueError("--max-jump applies to --alignment-prior markov or monotonic only")
     if args.model != "sgpa" and args.seeds is None:
         for dest in ("workers", "executor", "address"):

@@ -22,7 +22,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import pyro.distributions as dist
 import torch
@@ -30,7 +30,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import InferDict, Message
 
-from pyro_attention.alignment import is_alignment_site
+from pyro_attention.alignment import has_chained_alignments, is_alignment_site
 from pyro_attention.distributions import ClampedDirichlet
 from pyro_attention.gp import is_gp_noise_site, is_variational_term
 
@@ -43,6 +43,18 @@ def enumerate_alignments(model: Callable) -> Callable:
         return {"enumerate": "parallel"} if is_alignment_site(site) else {}
 
     return poutine.infer_config(model, config)
+
+
+def has_chained_alignment_sites(
+    model: Callable, *args: Any, first_available_dim: int, **kwargs: Any
+) -> bool:
+    """Whether some alignment site of ``model`` depends on another: one run with every
+    alignment enumerated (dims from ``first_available_dim`` leftwards), hidden from outer
+    handlers, read by :func:`~pyro_attention.alignment.has_chained_alignments`."""
+    enumerated = poutine.enum(enumerate_alignments(model), first_available_dim=first_available_dim)
+    with torch.no_grad():
+        trace = poutine.block(poutine.trace(enumerated).get_trace)(*args, **kwargs)
+    return has_chained_alignments(trace)
 
 
 class _AlignmentRewriter(Messenger):

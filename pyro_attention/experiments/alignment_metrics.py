@@ -257,14 +257,14 @@ def _keep_examples(
         scores.examples.append(example)
 
 
-def chain_prior_entropy(chain: AlignmentChain) -> torch.Tensor:
+def chain_prior_entropy(
+    chain: AlignmentChain, marginals: torch.Tensor | None = None
+) -> torch.Tensor:
     """The entropy of the chain's prior, ``(B,)``: :math:`H(z_{1:T}) = H(\\pi) + \\sum_{j \\ge 2}
-    \\sum_i p(z_{j-1} = i)\\, H(A_j(i, \\cdot))`, with the prior marginals from the chain without
-    emissions; padded positions (held fixed) add nothing."""
-    silent = AlignmentChain(
-        chain.log_init, chain.log_trans, torch.zeros_like(chain.emission), chain.mask.sum(-1)
-    )
-    marginals = silent.posterior_marginals()  # prior marginals p(z_j)
+    \\sum_i p(z_{j-1} = i)\\, H(A_j(i, \\cdot))`, with the prior marginals ``marginals``
+    (default ``chain.prior_marginals()``); padded positions (held fixed) add nothing."""
+    if marginals is None:
+        marginals = chain.prior_marginals()
     init = -(chain.log_init.exp() * chain.log_init).nan_to_num(0.0).sum(-1)
     rows = -(chain.log_trans.exp() * chain.log_trans).nan_to_num(0.0).sum(-1)  # (B, T-1, S)
     later = (marginals[:, :-1] * rows).sum(-1) * chain.mask[:, 1:]
@@ -299,11 +299,8 @@ def score_chain_alignments(
                 scores.log_lik += float(_soft_log_lik(predictive, batch))
             else:
                 scores.log_lik += float(chain.log_marginal().sum())
-            scores.prior_entropy += float(chain_prior_entropy(chain).sum())
-            silent = AlignmentChain(
-                chain.log_init, chain.log_trans, torch.zeros_like(chain.emission), mask.sum(-1)
-            )
-            prior = silent.posterior_marginals()
+            prior = chain.prior_marginals()
+            scores.prior_entropy += float(chain_prior_entropy(chain, prior).sum())
             posterior = chain.posterior_marginals()
             if gold is not None:
                 target = gold(batch)

@@ -53,6 +53,16 @@ PAPER_METHODS = (
 CHAIN_METHODS = ("soft", "exact", "hard-sample", "vi-sample", "rws", "gumbel")
 
 
+def chain_options(chained: bool) -> dict[str, dict[str, Any]]:
+    """The method settings that depend on whether the alignments form a chain: ``rws`` with one
+    importance weight per alignment only when they are independent, ``vi-sample`` with the
+    ``tracegraph`` estimator (unbiased) on a chain."""
+    return {
+        "rws": {"local": not chained},
+        "vi-sample": {"estimator": "tracegraph"} if chained else {},
+    }
+
+
 def paper_method(
     method: str | InferenceMethod, num_steps: int, *, chained: bool = False
 ) -> InferenceMethod:
@@ -64,10 +74,11 @@ def paper_method(
     if isinstance(method, InferenceMethod):
         return method
     options: dict[str, dict[str, Any]] = {
-        "rws": {"num_particles": 5, "local": not chained},
-        "vi-sample": {"estimator": "tracegraph"} if chained else {},
+        "rws": {"num_particles": 5},
         "dirichlet": {"pretrain_steps": int(0.3 * num_steps)},
     }
+    for name, more in chain_options(chained).items():
+        options[name] = options.get(name, {}) | more
     return get_method(method, **options.get(method, {}))
 
 
@@ -129,7 +140,9 @@ def compare_alignment(
     check_positive_int(k, "k")
     if isinstance(num_heatmaps, bool) or not isinstance(num_heatmaps, int) or num_heatmaps < 0:
         raise ValueError(f"num_heatmaps must be an integer >= 0, got {num_heatmaps!r}")
-    chained = bool(getattr(make_model(), "chained", False))
+    pyro.set_rng_seed(seed)
+    probe = make_model()
+    chained = bool(getattr(probe, "chained", False))
     if methods is None:
         methods = CHAIN_METHODS if chained else PAPER_METHODS
     objects = [paper_method(m, num_steps, chained=chained) for m in methods]
@@ -140,8 +153,6 @@ def compare_alignment(
     if repeated:
         raise ValueError(f"method(s) {', '.join(repeated)} named twice; name each once")
     device = torch.device(device)
-    pyro.set_rng_seed(seed)
-    probe = make_model()
     train = dataset.tensors("train", device=device)
     structure = inspect_model(probe.to(device), probe.check_data(train))
     for method in objects:  # refuse bad pairs before any work starts

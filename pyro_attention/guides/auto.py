@@ -60,10 +60,14 @@ from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn import PyroModule, PyroParam
 from pyro.poutine.runtime import InferDict, Message
 
-from pyro_attention.alignment import has_chained_alignments, is_alignment_site
+from pyro_attention.alignment import is_alignment_site
 from pyro_attention.distributions import ClampedDirichlet, StraightThroughCategorical
 from pyro_attention.gp import GP_NOISE, is_gp_noise_site
-from pyro_attention.handlers import MIN_CONCENTRATION, enumerate_alignments
+from pyro_attention.handlers import (
+    MIN_CONCENTRATION,
+    enumerate_alignments,
+    has_chained_alignment_sites,
+)
 from pyro_attention.traces import local_log_joint, site_dist, site_infer, site_value
 
 ALIGNMENT_GUIDE_KINDS = (
@@ -256,12 +260,10 @@ class AutoAlignmentGuide(AutoGuide):
     def _refuse_a_chain(self, args: tuple, kwargs: dict) -> None:
         """The ``prior`` kind draws each alignment from its prior given the *model's* draws
         of the others, which is the prior only when the alignments are independent: refuse a
-        chain (:func:`~pyro_attention.alignment.has_chained_alignments`)."""
+        chain (:func:`~pyro_attention.handlers.has_chained_alignment_sites`)."""
         nesting = max((-f.dim for f in self._prototype_frames.values()), default=0)
-        model = poutine.enum(enumerate_alignments(self.model), first_available_dim=-(nesting + 1))
-        with torch.no_grad():
-            trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
-        if has_chained_alignments(trace):
+        dim = -(nesting + 1)
+        if has_chained_alignment_sites(self.model, *args, first_available_dim=dim, **kwargs):
             raise ValueError(
                 "the prior guide of AutoAlignmentGuide samples each alignment given the model's "
                 "own draws of the others, which is not the prior of a chain of alignments: give "

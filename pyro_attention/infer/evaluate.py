@@ -181,6 +181,14 @@ def pointwise_log_likelihood(
     return (out, torch.cat(priors)) if return_log_prior else out
 
 
+def exact_chain(model_obj: Any) -> Callable[[Any], Any] | None:
+    """The model's ``alignment_chain(data)`` (its exact
+    :class:`~pyro_attention.alignment_chain.AlignmentChain`) when its alignments form a chain
+    (``model_obj.chained``), else None."""
+    chain = getattr(model_obj, "alignment_chain", None)
+    return chain if getattr(model_obj, "chained", False) and callable(chain) else None
+
+
 def _refuse_recycled_dims(trace: Any) -> None:
     """Refuse a trace where two enumerated sites share a dim (``pyro.markov`` recycles dims
     along a chain): summing their log-probabilities cell by cell would not be the chain's sum."""
@@ -223,8 +231,8 @@ def model_log_likelihood(
     ``alignment_chain(piece).log_marginal()`` (the forward algorithm), one value per sequence,
     when ``model`` is the model itself (a method that changes the model, such as soft
     attention, is scored through ``model``)."""
-    chain = getattr(model_obj, "alignment_chain", None)
-    if getattr(model_obj, "chained", False) and callable(chain) and model == model_obj.model:
+    chain = exact_chain(model_obj)
+    if chain is not None and model == model_obj.model:
         if samples:
             raise ValueError("a chain of alignments is scored exactly only without global latents")
         with torch.no_grad():
@@ -270,10 +278,7 @@ def check_model(model_obj: AlignmentModel, data: Any) -> ModelStructure:
     structure = inspect_model(model_obj, data)
     check_nesting(model_obj, structure)
     if structure.chained_alignments:
-        if not (
-            getattr(model_obj, "chained", False)
-            and callable(getattr(model_obj, "alignment_chain", None))
-        ):
+        if exact_chain(model_obj) is None:
             raise ValueError(
                 f"{structure.model}: its alignments form a chain (an alignment's prior depends "
                 "on another alignment), which the evaluator scores only through the model's "

@@ -17,8 +17,8 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from pyro_attention.alignment import has_chained_alignments, is_alignment_site
-from pyro_attention.handlers import enumerate_alignments
+from pyro_attention.alignment import is_alignment_site
+from pyro_attention.handlers import has_chained_alignment_sites
 from pyro_attention.traces import own_param_store, site_dist, site_infer
 
 if TYPE_CHECKING:
@@ -88,14 +88,12 @@ def trace_model(model_obj: AlignmentModel, data: Any, *, log_prob: bool = False)
 
 def chained_alignments(model_obj: AlignmentModel, data: Any, nesting: int) -> bool:
     """Whether some alignment site's prior depends on another alignment site
-    (:func:`~pyro_attention.alignment.has_chained_alignments` of one enumerated trace; the
-    enumeration dims start left of ``nesting`` plates)."""
-    enumerated = poutine.enum(
-        enumerate_alignments(model_obj.model), first_available_dim=-(nesting + 1)
-    )
-    with torch.no_grad(), own_param_store():
-        trace = poutine.block(poutine.trace(enumerated).get_trace)(data)
-    return has_chained_alignments(trace)
+    (:func:`~pyro_attention.handlers.has_chained_alignment_sites`; the enumeration dims start
+    left of ``nesting`` plates), network parameters kept out of the param store."""
+    with own_param_store():
+        return has_chained_alignment_sites(
+            model_obj.model, data, first_available_dim=-(nesting + 1)
+        )
 
 
 def plate_nesting(trace: poutine.Trace) -> int:
