@@ -148,6 +148,13 @@ class AlignmentChain:
         alphas, _ = _forward(self.log_init, self.log_trans, self.emission, self.mask, "sum")
         return torch.logsumexp(alphas[-1], dim=-1)
 
+    def log_conditionals(self) -> torch.Tensor:
+        """``log p(y_j | y_{<j})`` per position, ``(B, T)`` (0 at padding): the differences of
+        the forward algorithm's running ``log p(y_{1:j})``; they sum to :meth:`log_marginal`."""
+        alphas, _ = _forward(self.log_init, self.log_trans, self.emission, self.mask, "sum")
+        running = torch.stack([torch.logsumexp(alpha, dim=-1) for alpha in alphas], dim=-1)
+        return torch.diff(running, dim=-1, prepend=torch.zeros_like(running[:, :1]))
+
     def posterior_marginals(self) -> torch.Tensor:
         """``p(z_j = i | y)``, ``(B, T, S)`` (zero rows at padding): ``∂ log p(y) / ∂ e_j(i)``,
         which forward–backward computes; autograd does the backward pass."""
@@ -158,13 +165,16 @@ class AlignmentChain:
             (marginals,) = torch.autograd.grad(torch.logsumexp(alphas[-1], -1).sum(), leaf)
         return marginals
 
-    def prior_marginals(self) -> torch.Tensor:
-        """``p(z_j = i)`` under the prior alone, ``(B, T, S)`` (zero rows at padding): the
-        posterior marginals of the same chain without emissions."""
-        silent = AlignmentChain(
+    def silent(self) -> AlignmentChain:
+        """The same chain without emissions: its posterior is this chain's prior."""
+        return AlignmentChain(
             self.log_init, self.log_trans, torch.zeros_like(self.emission), self.mask.sum(-1)
         )
-        return silent.posterior_marginals()
+
+    def prior_marginals(self) -> torch.Tensor:
+        """``p(z_j = i)`` under the prior alone, ``(B, T, S)`` (zero rows at padding): the
+        posterior marginals of :meth:`silent`."""
+        return self.silent().posterior_marginals()
 
     def viterbi(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The most probable alignment and its log joint ``log p(y, z*)``: ``((B, T) long,

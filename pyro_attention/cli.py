@@ -17,18 +17,25 @@ process pool or Ray (:mod:`pyro_attention.sweep`)::
     pyro-attention sla --depths 1,2,4,8 --out runs/sla
     pyro-attention compare gmm --seeds 5 --workers 2
     pyro-attention sweep examples/gmm_sweep.toml --executor ray
+
+``--plugin MODULE_OR_PATH`` (``compare``, ``sla``, ``sweep``; ``--import`` is an alias) imports
+a module of your own before the command line is read, and installed packages join through
+entry points (:mod:`pyro_attention.plugins`): what they register with ``register_task``,
+``register_method`` and ``register_model`` can be named in ``--task``, ``--methods`` and
+``compare <model>``, and ``--help`` lists it::
+
+    pyro-attention compare alignment --plugin my_tasks.py --task my-task
+    pyro-attention compare my-model --plugin my_pkg.models --methods enum,em
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
-import importlib
-import importlib.util
 import io
 import math
-import os
 import sys
 import tempfile
 import time
@@ -39,11 +46,20 @@ from typing import Any
 import torch
 
 from pyro_attention._run_folder import check_output_folder, recorded_command
+from pyro_attention.data.alignment_tasks import task_names
 from pyro_attention.executors import EXECUTORS, make_executor
 from pyro_attention.infer.registry import get_method, method_names
+from pyro_attention.models.registry import SHIPPED_MODELS, get_model, model_names
 from pyro_attention.models.seq2seq import ALIGNMENT_PRIORS
+from pyro_attention.plugins import (
+    PluginError,
+    load_entry_points,
+    load_plugin,
+    plugin_argument,
+)
 
-MODELS = ("gmm", "alignment", "digits", "sgpa")
+#: the shipped comparisons; models registered with ``register_model`` join them
+MODELS = SHIPPED_MODELS
 #: the comparisons that ``--resume`` continues
 RESUMABLE = ("gmm", "digits")
 #: the digits comparison's default methods: closed-form EM against three gradient methods
@@ -96,6 +112,41 @@ def _add_executor_options(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+#: the option that imports a plugin, and its older alias
+PLUGIN_FLAGS = ("--plugin", "--import")
+
+
+def _add_plugin_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--plugin MODULE_OR_PATH`` (repeatable) and its alias ``--import`` (hidden)."""
+    parser.add_argument(
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_PATH",
+        help="import a module (my_pkg.tasks) or a .py file before the command line is read "
+        f"(repeatable, or comma-separated; --import is an alias): {what}",
+    )
+    parser.add_argument(
+        "--import", dest="plugins", action="append", default=[], help=argparse.SUPPRESS
+    )
+
+
+def _model_help() -> str:
+    """The help of ``compare``'s positional model: the shipped ones and those registered."""
+    shipped = (
+        "gmm: Bayesian GMM on the embedded 2-D data; alignment: latent-alignment seq2seq "
+        "on a generated task (--task); digits: Bernoulli mixture on the binarized UCI digits; "
+        "sgpa: sparse-GP attention against softmax attention and calibration baselines "
+        "(--task digits or sequence)"
+    )
+    registered = [
+        f"{name}: {get_model(name).help or 'a registered model'}" for name in model_names()
+    ]
+    text = "; ".join([shipped, *registered]) if registered else shipped
+    return text.replace("%", "%%")
+
+
 def _parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> Any:
     parser = parser_class(
         prog="pyro-attention",
@@ -106,14 +157,7 @@ def _parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParse
         "compare",
         help="fit one model with several inference methods and score them on held-out data",
     )
-    cmp.add_argument(
-        "model",
-        choices=MODELS,
-        help="gmm: Bayesian GMM on the embedded 2-D data; alignment: latent-alignment seq2seq "
-        "on a generated task (--task); digits: Bernoulli mixture on the binarized UCI digits; "
-        "sgpa: sparse-GP attention against softmax attention and calibration baselines "
-        "(--task digits or sequence)",
-    )
+    cmp.add_argument("model", choices=(*MODELS, *model_names()), help=_model_help())
     cmp.add_argument(
         "--methods",
         default=None,
@@ -162,7 +206,8 @@ def _parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParse
     seq.add_argument(
         "--task",
         default=None,
-        help="alignment: dates (default), translation, reverse; sgpa: digits (default), sequence",
+        help=f"alignment: {', '.join(task_names())} (default dates); sgpa: digits (default), "
+        "sequence",
     )
     seq.add_argument("--epochs", type=float, default=25, help="training epochs (default 25)")
     seq.add_argument("--batch-size", type=int, default=32, help="examples per batch (default 32)")
@@ -247,14 +292,11 @@ def _parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParse
         default="8,9",
         help="digits left out of training, their test images an OOD set (default 8,9; '' none)",
     )
-    cmp.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import a module or .py file first (repeatable), e.g. one that registers a method "
-        "with register_method; its methods can then be named in --methods",
+    _add_plugin_options(
+        cmp,
+        "the tasks, methods and models it registers (register_task, register_method, "
+        "register_model) can be named in --task, --methods and the model; --seeds passes it "
+        "on to every seed's run",
     )
     cmp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     cmp.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -268,8 +310,8 @@ def _parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParse
     cmp.add_argument(
         "--resume",
         action="store_true",
-        help="gmm, digits: finish the interrupted run in --out (same options): finished methods "
-        "are kept, the interrupted one goes on from its checkpoint",
+        help="gmm, digits, registered models: finish the interrupted run in --out (same "
+        "options): finished methods are kept, the interrupted one goes on from its checkpoint",
     )
     cmp.add_argument("--no-progress", action="store_true", help="hide progress bars")
     cmp.add_argument(
@@ -305,6 +347,7 @@ def _parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParse
     sla.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     sla.add_argument("--out", default="runs/sla", help="output folder (default runs/sla)")
     sla.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_plugin_options(sla, "as for compare, e.g. in a sweep of sla and compare runs")
 
     swp = sub.add_parser(
         "sweep",
@@ -331,6 +374,11 @@ def _parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParse
     )
     swp.add_argument("--dry-run", action="store_true", help="list the cells' commands and stop")
     swp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_plugin_options(
+        swp,
+        "what it registers can be named in the spec's runs, and every cell imports it too "
+        '(a run\'s options can also name its own: plugin = "my_tasks.py")',
+    )
     _add_executor_options(swp, "cells")
     return parser
 
@@ -427,7 +475,7 @@ def _methods(
 
 #: options every comparison reads
 COMMON_OPTIONS = frozenset(
-    {"command", "model", "methods", "imports", "device", "dtype", "seed", "out", "resume"}
+    {"command", "model", "methods", "plugins", "device", "dtype", "seed", "out", "resume"}
     | {"no_progress", "threads", "seeds", "workers", "executor", "address"}
 )
 #: options of the inference methods of ``compare gmm`` and ``compare digits``
@@ -447,6 +495,19 @@ MODEL_OPTIONS = {
     | {"steps", "lr", "num_samples", "covariance", "task", "num_train", "d_model"}
     | {"heads", "layers", "inducing", "dropout", "ensemble_size", "heldout_classes"},
 }
+#: the options of a model registered with ``register_model`` (run as ``compare gmm`` is)
+REGISTERED_MODEL_OPTIONS = COMMON_OPTIONS | METHOD_OPTIONS
+
+
+def _model_options(model: str) -> frozenset[str]:
+    """The options comparison ``model`` reads (a registered model: the generic ones)."""
+    return MODEL_OPTIONS.get(model, REGISTERED_MODEL_OPTIONS)
+
+
+def _resumable(model: str) -> bool:
+    """Whether ``compare <model> --resume`` continues an interrupted run."""
+    return model in RESUMABLE or model not in MODELS
+
 
 #: integer options that count something (at least 1)
 COUNT_OPTIONS = frozenset(
@@ -507,32 +568,54 @@ def _given(args: argparse.Namespace, dest: str) -> bool:
 
 def _refuse_foreign_options(args: argparse.Namespace) -> None:
     """Refuse an option given on the command line that this comparison does not read."""
-    allowed = MODEL_OPTIONS[args.model]
+    allowed = _model_options(args.model)
     for dest in vars(args):
         if dest not in allowed and _given(args, dest):
             raise ValueError(f"{_flag(dest)} does not apply to compare {args.model}; drop it")
 
 
-def _import_user_modules(names: Sequence[str]) -> None:
-    """Import each ``--import`` module (a dotted name, or a path to a ``.py`` file)."""
-    for name in names:
+def _split_plugins(value: str) -> list[str]:
+    """``--plugin a.py,b.py`` (as a sweep spec's list gives it) as ``["a.py", "b.py"]``; a file
+    whose name has a comma stays whole."""
+    if "," not in value or Path(value).is_file():
+        return [value]
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+class _PluginFlag(argparse.Action):
+    """Collect ``(flag, value)``: which of ``--plugin`` and ``--import`` named each plugin."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        namespace.plugins.append((option, values))
+
+
+def _plugin_flags(argv: Sequence[str]) -> list[tuple[str, str]]:
+    """The plugins named on a command line, ``(flag, name)`` in order, read before the full
+    parser is built (so that its choices and help include what they register). A malformed
+    ``--plugin`` is left to the full parser to report."""
+    pre = _RaisingParser(add_help=False, allow_abbrev=False)
+    pre.add_argument(*PLUGIN_FLAGS, action=_PluginFlag)
+    try:
+        namespace, _ = pre.parse_known_args(list(argv), argparse.Namespace(plugins=[]))
+    except ValueError:
+        return []
+    return [(flag, name) for flag, value in namespace.plugins for name in _split_plugins(value)]
+
+
+def _load_plugins(plugins: Sequence[tuple[str, str]]) -> None:
+    """Import each plugin (each file once per process); a clear error naming ``--plugin``."""
+    for flag, name in plugins:
         try:
-            if name.endswith(".py") or os.sep in name:
-                path = Path(name)
-                if not path.is_file():
-                    raise FileNotFoundError(f"no file {name}")
-                spec = importlib.util.spec_from_file_location(path.stem, path)
-                if spec is None or spec.loader is None:
-                    raise ImportError(f"cannot load {name} as a Python module")
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[path.stem] = module
-                spec.loader.exec_module(module)
-            else:
-                if os.getcwd() not in sys.path:  # console scripts do not search the cwd
-                    sys.path.insert(0, os.getcwd())
-                importlib.import_module(name)
-        except Exception as err:
-            raise ValueError(f"--import {name}: {type(err).__name__}: {err}") from err
+            load_plugin(name)
+        except PluginError as err:
+            given = "" if flag == "--plugin" else f" (given as {flag})"
+            message = str(err).removeprefix(f"{name}: ")
+            raise ValueError(f"--plugin {name}{given}: {message}") from err
+
+
+def _plugin_names(args: argparse.Namespace) -> list[str]:
+    """The plugins of a parsed command line, comma-separated values split."""
+    return [name for value in args.plugins for name in _split_plugins(value)]
 
 
 def _finish(
@@ -599,6 +682,41 @@ def _compare_gmm(args: argparse.Namespace) -> int:
     gmm = BayesianGMM(components, dim, covariance, prior=prior)
     methods = _methods(args, GMM_DEFAULT_METHODS, num_steps=_svi_steps(args))
     result = _run_compare(gmm, data.train, data.test, methods, "gmm2d", args)
+    print(f"\nwrote {len(result.files)} files to {args.out}")
+    return _finish(result, args)
+
+
+def _compare_registered(args: argparse.Namespace) -> int:
+    """``compare <name>`` of a model registered with ``register_model``: its ``build`` makes
+    the model and the data, which run through ``compare()`` as ``compare gmm`` does."""
+    from pyro_attention.infer.registry import applicable_methods
+    from pyro_attention.models.registry import ModelOptions
+    from pyro_attention.models.structure import inspect_model
+
+    options = ModelOptions(
+        device=_device(args.device),
+        dtype=getattr(torch, args.dtype),
+        seed=args.seed,
+        components=args.components,
+    )
+    try:
+        setup = get_model(args.model).setup(options)
+    except ValueError:
+        raise
+    except Exception as err:  # the user's build: refused as an error of the command
+        raise ValueError(
+            f"compare {args.model}: building the model failed: {type(err).__name__}: {err}"
+        ) from err
+    default = setup.methods
+    if default is None and args.methods is None:  # every method that applies, as compare()
+        structure = inspect_model(setup.model, setup.train)
+        default = [
+            name
+            for name in applicable_methods(structure)
+            if args.subsample_size is None or get_method(name).supports_subsampling
+        ]
+    methods = _methods(args, default or (), num_steps=_svi_steps(args))
+    result = _run_compare(setup.model, setup.train, setup.test, methods, setup.dataset, args)
     print(f"\nwrote {len(result.files)} files to {args.out}")
     return _finish(result, args)
 
@@ -783,9 +901,9 @@ def _seed_argv(args: argparse.Namespace) -> list[str]:
     for dest, value in vars(args).items():
         if dest in _DRIVER_OPTIONS or not _given(args, dest):
             continue
-        if dest == "imports":
-            for name in value:
-                argv += ["--import", name]
+        if dest == "plugins":  # absolute paths: a seed's run may start in another folder
+            for name in _plugin_names(args):
+                argv += ["--plugin", plugin_argument(name)]
         elif value is True:
             argv.append(_flag(dest))
         else:
@@ -973,6 +1091,28 @@ def _check_alignment_methods(args: argparse.Namespace) -> None:
         paper_method(name, 10, chained=model.chained).check(structure)
 
 
+def _cell_with_plugins(cell: Any, plugins: Sequence[str]) -> Any:
+    """``cell`` with the sweep's own ``--plugin`` s first and every plugin path absolute (a cell
+    runs in a temporary folder, maybe on another machine)."""
+    words = list(cell.argv)
+    at = len(cell.command.split())
+    argv = words[:at] + [word for name in plugins for word in ("--plugin", name)]
+    rest = iter(words[at:])
+    for word in rest:
+        flag, equals, value = word.partition("=")
+        if flag in PLUGIN_FLAGS and equals:
+            argv.append(f"{flag}={','.join(map(plugin_argument, _split_plugins(value)))}")
+        elif word in PLUGIN_FLAGS:
+            value = next(rest, None)
+            if value is None:
+                argv.append(word)  # the check of the cell reports it
+            else:
+                argv += [word, ",".join(map(plugin_argument, _split_plugins(value)))]
+        else:
+            argv.append(word)
+    return dataclasses.replace(cell, argv=tuple(argv))
+
+
 def _sweep(args: argparse.Namespace) -> int:
     """``pyro-attention sweep SPEC``: every cell checked first, then run by the executor."""
     from pyro_attention.sweep import expand_spec, iter_cells_text, read_spec
@@ -981,7 +1121,8 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.out is None:
         args.out = f"runs/{Path(args.spec).stem}"
     check_output_folder(args.out, "--out")
-    cells = expand_spec(spec, threads=args.threads)
+    plugins = [plugin_argument(name) for name in _plugin_names(args)]
+    cells = [_cell_with_plugins(cell, plugins) for cell in expand_spec(spec, threads=args.threads)]
     for cell in cells:
         try:
             check_cell_command(cell.argv)
@@ -1006,7 +1147,16 @@ def _parse(
     argv: Sequence[str] | None,
     parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
 ) -> argparse.Namespace:
-    """The command line, with the defaults that depend on other options filled in."""
+    """The command line, with the defaults that depend on other options filled in.
+
+    The installed entry points and the command line's ``--plugin`` s are loaded first, so
+    that the parser's choices and help include what they register.
+
+    :raises ValueError: a plugin that cannot be loaded.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    load_entry_points()
+    _load_plugins(_plugin_flags(argv))
     args = _parser(parser_class).parse_args(argv)
     if args.command == "compare" and args.model == "alignment" and args.task is None:
         args.task = "dates"
@@ -1021,12 +1171,13 @@ def _check_compare(args: argparse.Namespace) -> None:
     cell before any cell starts)."""
     _refuse_foreign_options(args)
     _device(args.device)
-    if args.resume and args.model not in RESUMABLE:
+    if args.resume and not _resumable(args.model):
         raise ValueError(
-            f"--resume applies to compare gmm and compare digits; compare {args.model} "
+            f"--resume applies to compare gmm, compare digits and registered models; "
+            f"compare {args.model} "
             "starts again (its finished rows of an interrupted run are in summary.json)"
         )
-    _import_user_modules(args.imports)
+    _load_plugins([("--plugin", name) for name in _plugin_names(args)])  # loaded: no-op
     if args.model == "sgpa" and (args.workers != 1 or _given(args, "executor")):
         raise ValueError(
             "compare sgpa runs its --seeds in one process; spread them with "
@@ -1043,7 +1194,11 @@ def _check_compare(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-attention`` console script."""
-    args = _parse(argv)
+    try:
+        args = _parse(argv)
+    except ValueError as err:  # a plugin that cannot be loaded, before any work
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         check_options(args)
         if args.command == "compare" and args.threads is not None and args.seeds is None:
@@ -1063,13 +1218,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare_digits(args)
         if args.command == "compare" and args.model == "sgpa":
             return _compare_sgpa(args)
+        if args.command == "compare":
+            return _compare_registered(args)
         if args.command == "sla":
             return _sla(args)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        resumable = args.command == "compare" and args.model in RESUMABLE
+        resumable = args.command == "compare" and _resumable(args.model)
         hint = "; the same command with --resume finishes it" if resumable else ""
         if args.command == "sweep" or (
             args.command == "compare" and args.model != "sgpa" and args.seeds is not None

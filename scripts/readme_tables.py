@@ -200,6 +200,55 @@ def alignment_table(results: Path, task: str) -> str:
     return markdown(header, body) + "\n\n" + line
 
 
+def alignment_elpd_table(results: Path) -> str:
+    """The held-out ELPD ranking (``arviz_stats.compare``, per test sequence) of each task's
+    first seed with its standard errors, beside the perplexity, and the mean rank over every
+    seed whose run ranked its methods."""
+    body, provenances = [], []
+    for task in ("dates", "translation"):
+        ranked = [s for s in seed_summaries(results / f"alignment-{task}") if "elpd_compare" in s]
+        if not ranked:
+            raise FileNotFoundError(f"no ranked seed in results/alignment-{task}; rerun one")
+        provenances += [s["provenance"] for s in ranked]
+        ranks: dict[str, list[int]] = {}
+        for summary in ranked:
+            for row in summary["elpd_compare"]["ranking"]:
+                ranks.setdefault(row["method"], []).append(row["rank"] + 1)
+        first = ranked[0]
+        ppl = {row["method"]: row["ppl"] for row in first["results"]}
+        by_ppl = sorted(ppl, key=ppl.__getitem__)
+        for row in first["elpd_compare"]["ranking"]:
+            method = row["method"]
+            body.append(
+                [
+                    task,
+                    f"`{method}`",
+                    f"{row['elpd']:.1f} ± {row['se']:.1f}",
+                    f"{row['elpd_diff']:.1f} ± {row['dse']:.1f}",
+                    str(row["rank"] + 1),
+                    f"{ppl[method]:.4f} ({by_ppl.index(method) + 1})",
+                    f"{sum(ranks[method]) / len(ranks[method]):.1f}",
+                ]
+            )
+    header = [
+        "task",
+        "method",
+        "ELPD ± se",
+        "ELPD diff ± dse",
+        "rank",
+        "ppl (rank)",
+        f"mean rank ({len(provenances) // 2} seeds)",
+    ]
+    seeds = sorted({p.get("seed") for p in provenances})
+    line = provenance_line(
+        "results/alignment-{dates,translation}/seed-*/summary.json",
+        provenances,
+        note=f"The same with `--task translation`. ELPD of seed {seeds[0]}'s test sequences "
+        f"(nats); mean rank over the seeds {', '.join(map(str, seeds))}",
+    )
+    return markdown(header, body) + "\n\n" + line
+
+
 PRIOR_TASKS = ("dates", "translation", "reverse")
 ALIGNMENT_PRIORS = ("independent", "markov", "monotonic")
 PRIOR_COLUMNS = (
@@ -601,6 +650,7 @@ def tables(results: Path) -> dict[str, Callable[[], str]]:
         "gmm": lambda: gmm_table(results),
         "alignment-dates": lambda: alignment_table(results, "dates"),
         "alignment-translation": lambda: alignment_table(results, "translation"),
+        "alignment-elpd": lambda: alignment_elpd_table(results),
         "alignment-priors": lambda: alignment_priors_table(results),
         "alignment-chain-cost": lambda: alignment_chain_table(results),
         "digits-mixture": lambda: digits_tables(results)[0],

@@ -61,6 +61,22 @@ def _brute_force(init, trans, emission, lengths):
     return out
 
 
+def test_log_conditionals_are_the_brute_force_predictive_of_each_token():
+    """``log p(y_j | y_{<j})`` is the brute-force ``log p(y_{1:j}) - log p(y_{1:j-1})``, each
+    prefix summed over all of its alignments; 0 at padding."""
+    init, trans, emission = _chain(2)
+    conditionals = AlignmentChain(init, trans, emission, LENGTHS).log_conditionals()
+    for b in range(B):
+        prefix = [torch.zeros((), dtype=torch.float64)]
+        for j in range(1, int(LENGTHS[b]) + 1):
+            lengths = torch.full((B,), j)
+            joint, _ = _brute_force(init, trans, emission, lengths)[b]
+            prefix.append(torch.logsumexp(joint, 0))
+        expected = torch.zeros(T, dtype=torch.float64)
+        expected[: int(LENGTHS[b])] = torch.diff(torch.stack(prefix))
+        torch.testing.assert_close(conditionals[b], expected, rtol=0, atol=1e-12)
+
+
 def test_forward_marginals_and_viterbi_equal_the_brute_force_sum():
     init, trans, emission = _chain()
     log_marginal = AlignmentChain(init, trans, emission, LENGTHS).log_marginal()

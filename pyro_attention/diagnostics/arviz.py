@@ -37,14 +37,25 @@ import xarray as xr
 
 from pyro_attention._io import atomic_path
 
-__all__ = ["load_datatree", "save_datatree", "to_datatree"]
+__all__ = ["add_heldout_log_likelihood", "load_datatree", "save_datatree", "to_datatree"]
 
 #: The sample dims every tree made here stores its draws on (what arviz-stats 0.8 requires).
 TREE_SAMPLE_DIMS: tuple[str, str] = ("chain", "draw")
 _INPUT_LAYOUTS: tuple[tuple[str, ...], ...] = (("sample",), ("chain", "draw"))
 _RESERVED_DIMS = frozenset({"sample", "chain", "draw"})
 _RESERVED_ATTRS = frozenset({"sample_dims", "input_sample_dims"})
-_SAMPLE_GROUPS = ("posterior", "posterior_predictive", "log_likelihood", "sample_stats")
+#: groups whose arrays start with the sample dims; ``heldout_log_likelihood`` (not an ArviZ
+#: group) holds the pointwise log-likelihood of held-out data, read by
+#: :func:`~pyro_attention.diagnostics.elpd.heldout_elpd`
+_SAMPLE_GROUPS = (
+    "posterior",
+    "posterior_predictive",
+    "log_likelihood",
+    "heldout_log_likelihood",
+    "sample_stats",
+)
+#: the pointwise log-likelihood groups (finite or -inf)
+_LOG_LIKELIHOOD_GROUPS = ("log_likelihood", "heldout_log_likelihood")
 #: every group name of the ArviZ schema
 _GROUP_NAMES = frozenset(
     {*_SAMPLE_GROUPS, "prior", "prior_predictive", "observed_data", "constant_data"}
@@ -136,7 +147,7 @@ def _convert_group(
                 f"index {tuple(int(i) for i in bad[0][len(TREE_SAMPLE_DIMS) - len(layout) :])}"
                 "; the fit diverged or the guide is broken: fix it or drop those draws"
             )
-        if group == "log_likelihood" and array.dtype.kind == "f":
+        if group in _LOG_LIKELIHOOD_GROUPS and array.dtype.kind == "f":
             if np.isnan(array).any() or np.isposinf(array).any():
                 raise ValueError(
                     f"{where} contains NaN or +inf; a pointwise log-likelihood must be finite "
@@ -170,7 +181,7 @@ def _check_dims_and_coords(
                 )
             names = list(names)
             shape = array.shape[skip:]
-            if group == "log_likelihood":
+            if group in _LOG_LIKELIHOOD_GROUPS:
                 # ArviZ convention: the pointwise log-likelihood lacks the data's event dims,
                 # so dims shared with observed_data may be longer; the extra names are dropped.
                 names = names[: len(shape)]
@@ -240,6 +251,8 @@ def to_datatree(
     observed_data: Mapping[str, ArrayLike] | None = None,
     sample_stats: Mapping[str, ArrayLike] | None = None,
     posterior_predictive: Mapping[str, ArrayLike] | None = None,
+    heldout_log_likelihood: Mapping[str, ArrayLike] | None = None,
+    constant_data: Mapping[str, ArrayLike] | None = None,
     dims: Mapping[str, Sequence[str]] | None = None,
     coords: Mapping[str, Sequence] | None = None,
     attrs: Mapping[str, object] | None = None,
@@ -263,6 +276,12 @@ def to_datatree(
         ``sample_shape + ...``.
     :param posterior_predictive: draws of the observed variables from the posterior predictive,
         shape ``sample_shape + data_shape`` (for ``arviz_plots.plot_ppc_*``).
+    :param heldout_log_likelihood: pointwise log-likelihood of *held-out* data per draw, shape
+        ``sample_shape + heldout_shape``, in a group of that name (``log_likelihood`` stays the
+        training data's, for ``loo``); :func:`~pyro_attention.diagnostics.elpd.heldout_elpd`
+        turns it into ArviZ's ELPD object. NaN or +inf is refused.
+    :param constant_data: data that is neither observed nor drawn (masks, inputs), no sample
+        dims.
     :param dims: names of the non-sample dims per variable, shared by all groups, e.g.
         ``{"locs": ["component", "feature"], "obs": ["data", "feature"]}``. Entries for variables
         that are not given are ignored; unnamed dims get ArviZ's ``<var>_dim_<i>``. As in ArviZ,
@@ -302,7 +321,9 @@ def to_datatree(
         ("posterior_predictive", posterior_predictive),
         ("log_likelihood", log_likelihood),
         ("sample_stats", sample_stats),
+        ("heldout_log_likelihood", heldout_log_likelihood),
         ("observed_data", observed_data),
+        ("constant_data", constant_data),
     ):
         converted, reference = _convert_group(group, values, layout, reference)
         if values is not None:
@@ -324,6 +345,38 @@ def to_datatree(
         coords=tree_coords,
         attrs=group_attrs,
     )
+
+
+def add_heldout_log_likelihood(
+    tree: xr.DataTree,
+    values: Mapping[str, ArrayLike],
+    *,
+    sample_dims: Sequence[str] = ("sample",),
+    dims: Mapping[str, Sequence[str]] | None = None,
+) -> xr.DataTree:
+    """Add (or replace) the ``heldout_log_likelihood`` group of ``tree``, with draws of its
+    own: e.g. one draw of a point estimate's held-out log-likelihood beside a posterior of
+    many draws of the test data's alignments. Arrays as for :func:`to_datatree`.
+
+    :returns: ``tree``, changed in place.
+    """
+    layout = _check_sample_dims(sample_dims)
+    converted, reference = _convert_group("heldout_log_likelihood", values, layout, None)
+    if reference is None:
+        raise ValueError("values is empty; pass at least one variable, e.g. {'y': log_lik}")
+    sample_shape = (1, *reference[1]) if len(layout) == 1 else reference[1]
+    group = {"heldout_log_likelihood": converted}
+    coords = _check_dims_and_coords(group, dims or {}, {}, sample_shape)
+    attrs = {"sample_dims": list(TREE_SAMPLE_DIMS), "input_sample_dims": list(layout)}
+    made = arviz_base.from_dict(
+        group,
+        sample_dims=list(TREE_SAMPLE_DIMS),
+        dims={name: list(names) for name, names in (dims or {}).items()},
+        coords=coords,
+        attrs={"heldout_log_likelihood": attrs},
+    )
+    tree["heldout_log_likelihood"] = made["heldout_log_likelihood"]
+    return tree
 
 
 def _jsonable(value: object) -> object:

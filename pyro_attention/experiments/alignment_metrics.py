@@ -38,6 +38,83 @@ from pyro_attention.traces import observed_sites, site_dist, site_infer, site_va
 
 
 @dataclass
+class AlignmentPointwise:
+    """Per-token and per-example results on a data set, the content of an ArviZ tree
+    (:func:`~pyro_attention.experiments.alignment_trees.alignment_tree`).
+
+    Tokens are the real (unpadded) target tokens in data order; every per-token tensor is
+    ``(N,)`` (``draws`` ``(D, N)``, the probability tables ``(N, S_max)``); per-example tensors
+    are ``(E,)`` (``source`` ``(E, S_max)``, padded with 0).
+    """
+
+    num_draws: int
+    #: what the draws, the mode and the posterior entropy are of
+    draws_of: str = "exact posterior p(z | x, y)"
+    parts: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def _put(self, **values: torch.Tensor) -> None:
+        for name, value in values.items():
+            self.parts.setdefault(name, []).append(value.detach().cpu())
+
+    def add(
+        self,
+        batch: Any,
+        *,
+        token_log_lik: torch.Tensor,
+        prior: torch.Tensor,
+        posterior: torch.Tensor,
+        belief: torch.Tensor,
+        draws: torch.Tensor,
+        mode: torch.Tensor,
+        gold: torch.Tensor | None,
+    ) -> None:
+        """One batch: ``token_log_lik`` (0 at padding; a sequence's sum is its log-likelihood),
+        ``mode`` ``(B, T)``; ``prior``, ``posterior`` (the heat-maps' tables) and ``belief``
+        (the distribution the draws come from) ``(B, T, S)``; ``draws`` ``(D, B, T)``."""
+        mask = batch.target_mask.bool()
+        positions = torch.arange(mask.shape[-1], device=mask.device).expand_as(mask)
+        index = batch.index[:, None].expand_as(mask)
+        if gold is None:
+            gold = torch.full_like(mode, -1)
+        entropy = -(belief * belief.clamp_min(1e-30).log()).sum(-1)
+        prior_entropy = -(prior * prior.clamp_min(1e-30).log()).sum(-1)
+        self._put(
+            example=index[mask],
+            position=positions[mask],
+            target=batch.target[mask],
+            gold=gold[mask],
+            mode=mode[mask],
+            log_lik=token_log_lik[mask],
+            posterior_entropy=entropy[mask],
+            prior_entropy=prior_entropy[mask],
+            draws=draws[:, mask].T,  # (N_b, D): token-major, so that batches concatenate
+            posterior_probs=posterior[mask],
+            prior_probs=prior[mask],
+            example_index=batch.index,
+            example_log_lik=token_log_lik.sum(-1),
+            source=batch.source,
+        )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The batches joined: tables padded to the longest source, examples in data order."""
+        width = max(part.shape[-1] for part in self.parts["source"])
+        out = {}
+        for name, parts in self.parts.items():
+            if name in ("posterior_probs", "prior_probs", "source"):
+                parts = [torch.nn.functional.pad(p, (0, width - p.shape[-1])) for p in parts]
+            out[name] = torch.cat(parts)
+        out["draws"] = out["draws"].T.contiguous()
+        order = out.pop("example_index").argsort()
+        for name in ("example_log_lik", "source"):
+            out[name] = out[name][order]
+        tokens = (out["example"] * (out["position"].max() + 1) + out["position"]).argsort()
+        for name, value in out.items():
+            if name not in ("example_log_lik", "source"):
+                out[name] = value[:, tokens] if name == "draws" else value[tokens]
+        return out
+
+
+@dataclass
 class AlignmentScores:
     """Token sums of the yardsticks over a data set; properties give per-token values."""
 
@@ -51,6 +128,8 @@ class AlignmentScores:
     gold_tokens: int = 0
     k: int = 5
     examples: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    #: per-token and per-example results (``score_alignments(..., num_draws=n)``), else None
+    pointwise: AlignmentPointwise | None = None
 
     @property
     def log_lik_per_token(self) -> float:
@@ -142,11 +221,18 @@ def enumerated_alignment_terms(
     return {"prior": prior, "emission": emission, "mask": _mask(site, batch_shape, prior.device)}
 
 
-def _soft_log_lik(model: Callable, data: Any) -> torch.Tensor:
+def _soft_token_log_lik(model: Callable, data: Any, mask: torch.Tensor) -> torch.Tensor:
+    """``log p(y_j | x, y_{<j})`` of the soft model per target position, ``(B, T)`` (0 at
+    padding): one observed site ``(B, T)``, or one per position ``(B,)`` (a chain)."""
     with torch.no_grad():
         trace = poutine.trace(model).get_trace(data)
         trace.compute_log_prob()
-    return sum((s["log_prob"].sum() for s in observed_sites(trace)), torch.zeros(()))
+    terms = [site["log_prob"] for site in observed_sites(trace)]
+    if all(term.shape == mask.shape for term in terms):
+        per_token = sum(terms, torch.zeros_like(terms[0]))
+    else:  # one site per position, in order
+        per_token = torch.stack([term.expand(mask.shape[:1]) for term in terms], dim=-1)
+    return per_token * mask
 
 
 def _guide_kind(method: InferenceMethod) -> str | None:
@@ -181,6 +267,7 @@ def score_alignments(
     k: int = 5,
     gold: Callable[[Any], torch.Tensor] | None = lambda batch: batch.alignment,
     keep_examples: int = 0,
+    num_draws: int = 0,
 ) -> AlignmentScores:
     """Score a fitted ``model_obj`` (trained with ``method``) on ``batches``.
 
@@ -189,16 +276,26 @@ def score_alignments(
     :param gold: ``batch -> (*batch,) long`` gold positions (-1: none), or None.
     :param keep_examples: keep prior and posterior alignment matrices of this many first
         examples (for heat-maps) in :attr:`AlignmentScores.examples`.
+    :param num_draws: with ``n >= 1``, keep the per-token and per-example results and ``n``
+        draws of every alignment in :attr:`AlignmentScores.pointwise` (for the ArviZ tree):
+        from the exact posterior ``p(z | x, y)``, or the attention weights under soft
+        attention (which has no posterior).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 0:
+        raise ValueError(f"num_draws must be an integer >= 0, got {num_draws!r}")
+    soft = _guide_kind(method) == "deterministic"  # soft attention: its own likelihood
+    pointwise = None
+    if num_draws:
+        draws_of = "attention weights (soft attention)" if soft else "exact posterior p(z | x, y)"
+        pointwise = AlignmentPointwise(num_draws, draws_of)
     if getattr(model_obj, "chained", False):
         return score_chain_alignments(
-            model_obj, method, batches, gold=gold, keep_examples=keep_examples
+            model_obj, method, batches, gold=gold, keep_examples=keep_examples, pointwise=pointwise
         )
-    scores = AlignmentScores(k=k)
+    scores = AlignmentScores(k=k, pointwise=pointwise)
     nesting = model_obj.max_plate_nesting
-    soft = _guide_kind(method) == "deterministic"  # soft attention: its own likelihood
     predictive = method.predictive(model_obj.model)
     for batch in batches:
         batch = model_obj.check_data(batch)
@@ -208,10 +305,14 @@ def score_alignments(
         tokens = int(mask.sum())
         scores.tokens += tokens
         if soft:
-            scores.log_lik += float(_soft_log_lik(predictive, batch))
+            token_log_lik = _soft_token_log_lik(predictive, batch, mask)
             scores.kmax_log_lik = None
+            scores.log_lik += float(token_log_lik.sum())
         else:
-            scores.log_lik += float(joint.logsumexp(-1)[mask].sum())
+            marginal = joint.logsumexp(-1)
+            token_log_lik = torch.where(mask, marginal, 0.0)
+            scores.log_lik += float(marginal[mask].sum())  # summed as the top-K sum is
+        if not soft:
             top = prior.topk(min(k, prior.shape[-1]), -1).indices
             kmax = joint.gather(-1, top).logsumexp(-1)
             if scores.kmax_log_lik is not None:
@@ -225,17 +326,43 @@ def score_alignments(
         probs = prior.exp()
         scores.prior_entropy += float((-(probs * prior).nan_to_num(0.0).sum(-1))[mask].sum())
         posterior = torch.softmax(joint, -1)
-        if gold is not None:
-            target = gold(batch)
-            scored = mask & (target >= 0)
-            chosen = prior.argmax(-1) if soft else joint.argmax(-1)
-            scores.correct += int((chosen == target)[scored].sum())
-            scores.prior_correct += int((prior.argmax(-1) == target)[scored].sum())
-            scores.gold_tokens += int(scored.sum())
+        chosen = prior.argmax(-1) if soft else joint.argmax(-1)
+        _count_correct(scores, batch, gold, chosen, prior, mask)
         _keep_examples(scores, keep_examples, batch, probs, posterior, gold)
+        if pointwise is not None:
+            belief = probs if soft else posterior
+            draws = torch.distributions.Categorical(probs=belief).sample((num_draws,))
+            pointwise.add(
+                batch,
+                token_log_lik=token_log_lik,
+                prior=probs,
+                posterior=posterior,
+                belief=belief,
+                draws=draws,
+                mode=chosen,
+                gold=None if gold is None else gold(batch),
+            )
     if scores.tokens == 0:
         raise ValueError("no target tokens to score; pass at least one non-empty batch")
     return scores
+
+
+def _count_correct(
+    scores: AlignmentScores,
+    batch: Any,
+    gold: Callable[[Any], torch.Tensor] | None,
+    chosen: torch.Tensor,
+    prior: torch.Tensor,
+    mask: torch.Tensor,
+) -> None:
+    """Add the agreement of ``chosen`` and of the prior's mode with gold to ``scores``."""
+    if gold is None:
+        return
+    target = gold(batch)
+    scored = mask & (target >= 0)
+    scores.correct += int((chosen == target)[scored].sum())
+    scores.prior_correct += int((prior.argmax(-1) == target)[scored].sum())
+    scores.gold_tokens += int(scored.sum())
 
 
 def _keep_examples(
@@ -278,6 +405,7 @@ def score_chain_alignments(
     *,
     gold: Callable[[Any], torch.Tensor] | None = lambda batch: batch.alignment,
     keep_examples: int = 0,
+    pointwise: AlignmentPointwise | None = None,
 ) -> AlignmentScores:
     """The yardsticks of a model whose alignments form a chain, from its exact
     :class:`~pyro_attention.alignment_chain.AlignmentChain` (``model_obj.alignment_chain``):
@@ -285,8 +413,9 @@ def score_chain_alignments(
     entropy per token of the whole chain (:func:`chain_prior_entropy`), alignment accuracy of
     the Viterbi alignment (soft attention: of the prior marginals' argmax), heat-maps of the
     prior and posterior marginals. The top-K perplexity and the ELBO under ``q`` are not
-    computed for chains (``None``)."""
-    scores = AlignmentScores(kmax_log_lik=None, elbo=None)
+    computed for chains (``None``). With ``pointwise``, the per-token results go there
+    (``log p(y_j | x, y_{<j})`` from the forward algorithm; draws of whole chains)."""
+    scores = AlignmentScores(kmax_log_lik=None, elbo=None, pointwise=pointwise)
     soft = _guide_kind(method) == "deterministic"
     predictive = method.predictive(model_obj.model)
     for batch in batches:
@@ -296,19 +425,28 @@ def score_chain_alignments(
             mask = chain.mask
             scores.tokens += int(mask.sum())
             if soft:
-                scores.log_lik += float(_soft_log_lik(predictive, batch))
+                token_log_lik = _soft_token_log_lik(predictive, batch, mask)
             else:
-                scores.log_lik += float(chain.log_marginal().sum())
+                token_log_lik = chain.log_conditionals()
+            scores.log_lik += float(token_log_lik.sum())
             prior = chain.prior_marginals()
             scores.prior_entropy += float(chain_prior_entropy(chain, prior).sum())
             posterior = chain.posterior_marginals()
-            if gold is not None:
-                target = gold(batch)
-                scored = mask & (target >= 0)
-                chosen = prior.argmax(-1) if soft else chain.viterbi()[0]
-                scores.correct += int((chosen == target)[scored].sum())
-                scores.prior_correct += int((prior.argmax(-1) == target)[scored].sum())
-                scores.gold_tokens += int(scored.sum())
+            chosen = prior.argmax(-1) if soft else chain.viterbi()[0]
+            _count_correct(scores, batch, gold, chosen, prior, mask)
+            if pointwise is not None:
+                # the prior chain (soft attention's weights) or the exact posterior, whole chains
+                source = chain.silent() if soft else chain
+                pointwise.add(
+                    batch,
+                    token_log_lik=token_log_lik,
+                    prior=prior,
+                    posterior=posterior,
+                    belief=prior if soft else posterior,
+                    draws=source.sample(pointwise.num_draws),
+                    mode=chosen,
+                    gold=None if gold is None else gold(batch),
+                )
         _keep_examples(scores, keep_examples, batch, prior, posterior, gold)
     if scores.tokens == 0:
         raise ValueError("no target tokens to score; pass at least one non-empty batch")

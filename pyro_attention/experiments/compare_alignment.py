@@ -4,16 +4,22 @@ Each method trains a fresh model from the same seed on the same mini-batches for
 of steps; every fit is then scored the same way on the test split by
 :func:`~pyro_attention.experiments.alignment_metrics.score_alignments` (exact perplexity under the
 prior, top-K perplexity, ELBO under q, prior entropy, alignment accuracy) and by its training
-throughput (target tokens per second). With ``out`` set, :func:`compare_alignment` owns the folder
-while it runs (:class:`~pyro_attention._run_folder.RunFolder`), writes ``summary.json`` after every
-method (an interrupt keeps the finished rows), one ``alignments_<method>.png`` of prior and
-posterior alignment heat-maps per method and ``objective_traces.png`` at the end.
+throughput (target tokens per second). Every fit becomes an ArviZ tree
+(:func:`~pyro_attention.experiments.alignment_trees.alignment_tree`: draws of the test alignments,
+the held-out log-likelihood per sequence and per token, per-token diagnostics), and the methods are
+ranked by their held-out ELPD with :func:`arviz_stats.compare` (the standard error of each paired
+difference included). With ``out`` set, :func:`compare_alignment` owns the folder while it runs
+(:class:`~pyro_attention._run_folder.RunFolder`), writes ``summary.json`` after every method (an
+interrupt keeps the finished rows), ``<method>.nc`` and ``alignments_<method>.png`` (prior and
+posterior heat-maps, drawn from the tree) per method, and ``objective_traces.png``,
+``elpd_compare.png`` and the ranking (``summary.json``'s ``elpd_compare``) at the end.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +30,10 @@ from tqdm import tqdm
 
 from pyro_attention._run_folder import RunFolder, check_output_folder
 from pyro_attention._validation import check_positive_int
+from pyro_attention.diagnostics.arviz import save_datatree
+from pyro_attention.diagnostics.elpd import heldout_elpd
 from pyro_attention.experiments.alignment_metrics import score_alignments
+from pyro_attention.experiments.alignment_trees import alignment_tree, heatmap_examples
 from pyro_attention.handlers import enumerate_alignments
 from pyro_attention.infer.compare import Comparison, error_row, format_table
 from pyro_attention.infer.fit import fit
@@ -96,11 +105,15 @@ COLUMNS = (
 )
 
 
+@dataclass
 class AlignmentComparison(Comparison):
-    """A :class:`~pyro_attention.infer.compare.Comparison` with per-token columns."""
+    """A :class:`~pyro_attention.infer.compare.Comparison` with per-token columns and each
+    method's ArviZ tree (:attr:`trees`), ranked by held-out ELPD per test sequence."""
+
+    trees: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return format_table(self.rows, COLUMNS)
+        return format_table(self.rows, COLUMNS) + self.ranking_text()
 
 
 def compare_alignment(
@@ -116,6 +129,7 @@ def compare_alignment(
     device: torch.device | str = "cpu",
     out: str | Path | None = None,
     num_heatmaps: int = 3,
+    num_draws: int = 100,
     progress: bool = True,
 ) -> AlignmentComparison:
     """Train ``make_model()`` with each method and score every fit on the test split.
@@ -132,12 +146,14 @@ def compare_alignment(
     :param k: K of the top-K perplexity.
     :param out: folder for ``summary.json`` and the PNGs.
     :param num_heatmaps: test examples drawn in each method's heat-map figure.
+    :param num_draws: draws of every test alignment in each method's tree.
     """
     if out is not None:  # checked first: a folder that cannot be written loses every result
         check_output_folder(out)
     check_positive_int(num_steps, "num_steps")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(k, "k")
+    check_positive_int(num_draws, "num_draws")
     if isinstance(num_heatmaps, bool) or not isinstance(num_heatmaps, int) or num_heatmaps < 0:
         raise ValueError(f"num_heatmaps must be an integer >= 0, got {num_heatmaps!r}")
     pyro.set_rng_seed(seed)
@@ -195,10 +211,12 @@ def compare_alignment(
                 k=k,
                 seed=seed,
                 num_heatmaps=num_heatmaps,
+                num_draws=num_draws,
                 progress=progress,
             )
             if folder is not None:
                 comparison.write_summary("running")
+        _rank(comparison, folder)
         if folder is not None:
             from pyro_attention.diagnostics.plots import plot_token_objectives, save_figure
 
@@ -230,6 +248,7 @@ def _run_method(
     k: int,
     seed: int,
     num_heatmaps: int,
+    num_draws: int,
     progress: bool,
 ) -> None:
     """Train a fresh model with ``method`` and add its row (an error row if it fails)."""
@@ -261,15 +280,9 @@ def _run_method(
                 dataset.batches("test", batch_size, device=device),
                 guide=fitted.guide,
                 k=k,
-                keep_examples=num_heatmaps,
+                num_draws=num_draws,
             )
-    except Exception as err:  # one failing method must not lose the others' rows
-        comparison.rows.append(error_row(method, err, time.perf_counter() - t0))
-        if folder is not None:
-            folder.forget(f"alignments_{method.name}.png")
-        return
-    comparison.rows.append(
-        {
+        row = {
             "method": method.name,
             **scores.as_row(),
             "objective": method.objective,
@@ -281,11 +294,46 @@ def _run_method(
             "status": fitted.status,
             "settings": repr(method),
         }
-    )
+        assert scores.pointwise is not None  # num_draws >= 1
+        tree = alignment_tree(
+            scores.pointwise,
+            source_vocab=dataset.source_vocab,
+            target_vocab=dataset.target_vocab,
+            attrs={
+                "model": comparison.model,
+                "task": comparison.dataset,
+                "method": method.name,
+                "objective": method.objective,
+                "heldout_log_lik": row["heldout_log_lik"],
+                "ppl": row["ppl"],
+                "objective_trace": [float(v) for v in fitted.losses],
+            },
+        )
+    except Exception as err:  # one failing method must not lose the others' rows
+        comparison.rows.append(error_row(method, err, time.perf_counter() - t0))
+        if folder is not None:
+            folder.forget(f"alignments_{method.name}.png")
+            folder.forget(f"{method.name}.nc")
+        return
+    comparison.rows.append(row)
     comparison.fits[method.name] = fitted
-    if folder is not None and scores.examples:
-        heatmaps = _write_heatmaps(dataset, method.name, scores.examples, folder.path)
-        comparison.files.append(folder.record(heatmaps))
+    comparison.trees[method.name] = tree
+    if folder is not None:
+        comparison.files.append(
+            folder.record(save_datatree(tree, folder.path / f"{method.name}.nc"))
+        )
+        if num_heatmaps:
+            heatmaps = _write_heatmaps(tree, method.name, num_heatmaps, folder.path)
+            comparison.files.append(folder.record(heatmaps))
+
+
+def _rank(comparison: AlignmentComparison, folder: RunFolder | None) -> None:
+    """Rank the scored methods by held-out ELPD per test sequence (:func:`arviz_stats.compare`);
+    with a folder, ``elpd_compare.png`` and the ranking in ``summary.json``."""
+    comparison.elpds = {name: heldout_elpd(tree, "y") for name, tree in comparison.trees.items()}
+    path = comparison.rank("y: log p(y | x) per test sequence (nats)")
+    if path is not None:
+        comparison.files.append(path)
 
 
 def _warm_up(model: Any, batch: Any) -> None:
@@ -298,10 +346,10 @@ def _warm_up(model: Any, batch: Any) -> None:
         loss.backward()
 
 
-def _write_heatmaps(dataset: Any, name: str, examples: list[dict], out: Path) -> Path:
+def _write_heatmaps(tree: Any, name: str, count: int, out: Path) -> Path:
+    """The heat-maps of the first ``count`` test examples, read from the method's tree."""
     from pyro_attention.diagnostics.plots import plot_alignment_heatmaps, save_figure
 
-    sources = [dataset.source_vocab.decode(ex["source"][ex["source_mask"]]) for ex in examples]
-    targets = [dataset.target_vocab.decode(ex["target"][ex["target_mask"]]) for ex in examples]
+    examples, sources, targets = heatmap_examples(tree, count)
     fig = plot_alignment_heatmaps(examples, sources, targets, f"{name}: test alignments")
     return save_figure(fig, out / f"alignments_{name}.png")

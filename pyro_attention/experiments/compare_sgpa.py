@@ -24,6 +24,24 @@ NLL, Brier, top-1 ECE/MCE (15 bins), all-class ECE/MCE (10 bins), OOD AUROC/AUPR
 probability and by entropy for each shifted set, and — on the sequence task, whose Bayes
 posterior is known — the KL from the truth. Over several seeds (the data subset and the
 initialisation both change) each number gets mean ± 2 standard errors.
+
+Every row of the first seed also becomes an ArviZ tree (:func:`row_tree`, ``<method>.nc``): the
+pointwise held-out log-likelihood :math:`\\log p(y_i \\mid x_i, \\theta_s)` per predictive draw
+and test sequence in the group ``heldout_log_likelihood``, a posterior-predictive label per draw
+and sequence, the test labels, and in ``posterior`` the draws of the global inducing outputs
+where the row has them, else the predictive class probabilities per draw. The rows are then
+ranked by their held-out ELPD (:func:`~pyro_attention.diagnostics.elpd.heldout_elpd`,
+:func:`arviz_stats.compare`; all rows are scored on the same test sequences).
+
+The held-out ELPD per test sequence, :math:`\\widehat{\\mathrm{elpd}} / n = \\frac1n\\sum_i
+\\log \\frac1S \\sum_s p(y_i \\mid x_i, \\theta_s)`, is minus the row's ``nll`` column: both are
+the mean log predictive density of the test labels under the same average over the same draws
+(the ensemble's members each contribute the same number of draws, so the average of the
+members' averages is the average over all draws). They differ by float32 rounding only (about
+1e-7: ``nll`` logs the averaged float32 probabilities, the ELPD averages the per-draw
+log-likelihoods in float64), and where a test label's predictive probability falls below the
+smallest normal float32 (1.2e-38): ``nll`` clamps it there (at most 87.3 nats per sequence),
+the ELPD keeps the exact log-likelihood.
 """
 
 from __future__ import annotations
@@ -33,7 +51,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
@@ -49,11 +67,22 @@ from pyro_attention.diagnostics.calibration import (
     reliability_bins,
     true_posterior_metrics,
 )
+from pyro_attention.diagnostics.elpd import (
+    HELDOUT_KIND,
+    heldout_elpd,
+    plot_elpd_compare,
+    rank_methods,
+    ranking_rows,
+)
 from pyro_attention.diagnostics.plots import plot_reliability
 from pyro_attention.infer import fit
+from pyro_attention.infer.compare import format_table
 from pyro_attention.infer.results import FitResult
 from pyro_attention.models import GPAttentionClassifier
 from pyro_attention.traces import site_dist, site_value
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 TASKS = ("digits", "sequence")
 SGPA_METHODS = (
@@ -74,6 +103,35 @@ SEQUENCE_VOCAB, SEQUENCE_HELDOUT_WORDS = 60, 12
 NUM_TRAIN = {"digits": 300, "sequence": 1000}
 #: the columns of the printed table
 TABLE = ("accuracy", "nll", "brier", "ece", "ece_all")
+#: what the ELPD ranking scores (``summary.json``'s ``elpd_compare["variable"]``)
+ELPD_VARIABLE = "y: log p(y | x) per test sequence (nats)"
+#: per row: what its predictive draws are (the tree's ``attrs["draws"]``)
+DRAWS = {
+    "softmax": "one draw: the maximum-likelihood network, deterministic",
+    "kernel": "one draw: the maximum-likelihood network with the GP noise at zero, deterministic",
+    "sgpa": "guide draws of the global inducing outputs and of the GP output noise",
+    "sgpa-official-kl": "guide draws of the global inducing outputs and of the GP output noise",
+    "sgpa-standard": "draws of the GP output noise (keys as inducing points: no global latents)",
+    "mc-dropout": "dropout masks (dropout kept on to predict), one per draw",
+    "temperature": "one draw: the maximum-likelihood network, its logits divided by the "
+    "temperature fitted on the validation split, deterministic",
+    "ensemble": "one draw per ensemble member (members trained from different initialisations)",
+}
+#: per row: what is a point estimate (the tree's ``attrs["parameters"]``)
+PARAMETERS = {
+    "softmax": "network weights: point estimates (maximum likelihood)",
+    "kernel": "network weights, kernel hyperparameters and inducing outputs: point estimates "
+    "(maximum likelihood)",
+    "sgpa": "network weights and kernel hyperparameters: point estimates; global inducing "
+    "outputs: a Gaussian variational posterior",
+    "sgpa-official-kl": "network weights and kernel hyperparameters: point estimates; global "
+    "inducing outputs: a Gaussian variational posterior",
+    "sgpa-standard": "network weights and kernel hyperparameters: point estimates; the attention "
+    "outputs: a Gaussian variational posterior amortised from the values (no global latents)",
+    "mc-dropout": "network weights: point estimates (maximum likelihood, trained with dropout)",
+    "temperature": "network weights and the temperature: point estimates (maximum likelihood)",
+    "ensemble": "each member's network weights: point estimates (maximum likelihood)",
+}
 
 
 @dataclass(frozen=True)
@@ -433,6 +491,12 @@ class SGPAComparison:
     seeds: list[int] = field(default_factory=list)
     device: str = "cpu"
     dtype: str = "float32"
+    #: the first seed's tree per successful row (:func:`row_tree`)
+    trees: dict[str, xr.DataTree] = field(default_factory=dict)
+    #: the :func:`arviz_stats.compare` table of those trees' held-out ELPDs (None before)
+    ranking: Any = None
+    #: ``summary.json``'s ``elpd_compare`` section (None before the first seed's rows are done)
+    elpd_compare: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[str]:
@@ -466,7 +530,23 @@ class SGPAComparison:
             "settings": settings,
             "results": self.rows,
             "aggregate": self.aggregate(),
+            **({} if self.elpd_compare is None else {"elpd_compare": self.elpd_compare}),
         }
+
+    def ranking_text(self) -> str:
+        """The held-out ELPD ranking of the first seed's rows as a table, or ``""``."""
+        section = self.elpd_compare
+        if not section:
+            return ""
+        head = f"\n\nheld-out ELPD ranking, seed {section['seed']}"
+        if "error" in section:
+            return f"{head}: {section['error']}"
+        columns = ("method", "rank", "elpd", "se", "elpd_diff", "dse", "weight")
+        return (
+            f"{head} (arviz_stats.compare; {section['variable']}, {section['num_points']} "
+            f"points; dse: SE of the paired difference to the best):\n"
+            + format_table(section["ranking"], columns)
+        )
 
     def __str__(self) -> str:
         aggregate = self.aggregate()
@@ -491,7 +571,7 @@ class SGPAComparison:
             lines.append(" | ".join(cells))
         failed = [r for r in self.rows if r["status"] != "ok"]
         lines += [f"{r['method']} (seed {r['seed']}): {r['status']}" for r in failed]
-        return "\n".join(lines)
+        return "\n".join(lines) + self.ranking_text()
 
 
 def compare_sgpa(
@@ -506,8 +586,9 @@ def compare_sgpa(
     progress: bool = True,
 ) -> SGPAComparison:
     """Fit every row for every seed on ``task`` and score it; write ``summary.json`` after each
-    (a failing row gets its error and the others go on), ``reliability.png`` and, for the rows
-    with global latents, ``<method>.nc`` (first seed).
+    (a failing row gets its error and the others go on), ``reliability.png``, and for the first
+    seed every row's ``<method>.nc`` (:func:`row_tree`) and the rows' held-out ELPD ranking
+    (``elpd_compare.png`` and ``summary.json``'s ``elpd_compare``; a failed row is left out).
 
     :param task: ``"digits"`` (8×8 grey digits as 16 patch tokens; shifts: rotated, noise) or
         ``"sequence"`` (word valences with negation, known Bayes posterior; shifts: held-out
@@ -562,30 +643,65 @@ def _run_rows(
     dtype: torch.dtype,
     progress: bool,
 ) -> None:
-    """Every row for every seed; ``summary.json`` after each, ``reliability.png`` at the end."""
+    """Every row for every seed; ``summary.json`` after each; after the first seed's rows their
+    trees' held-out ELPD ranking; ``reliability.png`` at the end."""
     settings, seeds = comparison.settings, comparison.seeds
     curves: dict[str, Any] = {}
     for seed in seeds:
+        first = seed == seeds[0]
         data = make_task(comparison.task, seed, settings, device=device, dtype=dtype)
         for name in names:
             pyro.clear_param_store()
+            tree = None
             try:
                 row, merged = run_row(name, data, settings, seed, dtype=dtype, progress=progress)
+                if first:
+                    tree = row_tree(name, merged["test"], data, row)
             except Exception as err:  # a failing row is recorded; the others go on
                 row = {"method": name, "seed": seed, "status": _error(err)}
                 merged = None
             comparison.rows.append(row)
-            if merged is not None and seed == seeds[0]:
+            if merged is not None and tree is not None:
                 curves[name] = reliability_bins(merged["test"].probs, data.test.labels)
-                if folder is not None and merged["test"].draws:
-                    point = RECIPES[name].method == "map"
-                    tree = _write_tree(folder.path, name, merged["test"], data, row, point)
-                    comparison.files.append(folder.record(tree))
+                comparison.trees[name] = tree
+                if folder is not None:
+                    path = save_datatree(tree, folder.path / f"{name}.nc")
+                    comparison.files.append(folder.record(path))
             if folder is not None:
                 comparison.files.append(folder.write_summary(comparison.summary(), "running"))
+        if first:
+            _rank(comparison, folder, seed)
     if folder is not None and curves:
         path = folder.path / "reliability.png"
         plot_reliability(curves, path)
+        comparison.files.append(folder.record(path))
+
+
+def _rank(comparison: SGPAComparison, folder: RunFolder | None, seed: int) -> None:
+    """Rank the first seed's trees by held-out ELPD per test sequence
+    (:func:`arviz_stats.compare`) into ``comparison.elpd_compare``; with a folder, also
+    ``elpd_compare.png``. A ranking that fails records its error and the seeds go on."""
+    if not comparison.trees:
+        return
+    scope = "the first seed's rows" + (
+        f" (of {len(comparison.seeds)} seeds)" if len(comparison.seeds) > 1 else ""
+    )
+    section: dict[str, Any] = {"kind": HELDOUT_KIND, "variable": ELPD_VARIABLE, "seed": seed}
+    try:
+        elpds = {name: heldout_elpd(tree, "y") for name, tree in comparison.trees.items()}
+        comparison.ranking = rank_methods(elpds)
+    except Exception as err:
+        comparison.elpd_compare = {**section, "rows": scope, "error": _error(err)}
+        return
+    comparison.elpd_compare = {
+        **section,
+        "num_points": next(iter(elpds.values())).n_data_points,
+        "rows": scope,
+        "ranking": ranking_rows(comparison.ranking),
+    }
+    if folder is not None:
+        title = f"gp-attention on {comparison.task}, seed {seed}"
+        path = plot_elpd_compare(comparison.ranking, folder.path / "elpd_compare.png", title)
         comparison.files.append(folder.record(path))
 
 
@@ -596,22 +712,35 @@ def _error(err: Exception) -> str:
     return f"error: {type(err).__name__}: {first}"
 
 
-def _write_tree(
-    folder: Path,
-    name: str,
-    prediction: Prediction,
-    data: TaskData,
-    row: dict[str, Any],
-    point_estimate: bool,
-) -> Path:
-    """The row's posterior of the global inducing outputs, its posterior predictive (a label
-    per draw and test sequence), the pointwise held-out log-likelihood per draw (not for a
-    point estimate, where LOO has nothing to weigh) and the test labels as an ArviZ DataTree."""
+def row_tree(name: str, prediction: Prediction, data: TaskData, row: dict[str, Any]) -> xr.DataTree:
+    """Row ``name``'s test-set prediction as an ArviZ DataTree, the draws on ``(chain, draw)``.
+
+    - ``heldout_log_likelihood["y"]`` ``(sequence,)``: :math:`\\log p(y_i \\mid x_i,
+      \\theta_s)` of each test sequence per predictive draw (one draw for a deterministic row;
+      dropout masks for ``mc-dropout``, members for ``ensemble``), for
+      :func:`~pyro_attention.diagnostics.elpd.heldout_elpd`;
+    - ``posterior``: the draws of the global inducing outputs ``layer<l>.u`` ``(head,
+      value_dim, inducing)`` where the row has them (``sgpa``, ``sgpa-official-kl``; ``kernel``
+      its single point estimate), else the predictive class probabilities ``p`` ``(sequence,
+      class)`` per draw, a function of the point-estimated weights and the draw;
+    - ``posterior_predictive["y"]``: one label per draw and test sequence; ``observed_data["y"]``:
+      the test labels.
+
+    There is no ``log_likelihood`` group: the training data's pointwise log-likelihood is not
+    stored, so ``arviz_stats.loo`` does not apply; the attrs say what the draws are.
+    """
+    point_estimate = RECIPES[name].method == "map"
+    if prediction.draws:
+        posterior = dict(prediction.draws)
+        holds = "layer<l>.u: the whitened global inducing outputs per draw"
+    else:
+        posterior = {"p": prediction.draw_probs}
+        holds = "p: the predictive class probabilities per draw and test sequence"
     dims = {key: ["head", "value_dim", "inducing"] for key in prediction.draws}
-    dims["y"] = ["sequence"]
-    tree = to_datatree(
-        prediction.draws,
-        log_likelihood=None if point_estimate else {"y": prediction.log_lik},
+    dims |= {"y": ["sequence"], "p": ["sequence", "class"]}
+    return to_datatree(
+        posterior,
+        heldout_log_likelihood={"y": prediction.log_lik},
         posterior_predictive={"y": prediction.sample_labels(int(row["seed"]))},
         observed_data={"y": data.test.labels},
         dims=dims,
@@ -621,9 +750,13 @@ def _write_tree(
             "task": data.name,
             "seed": row["seed"],
             "point_estimate": point_estimate,
-            "log_likelihood_of": "held-out test sequences, per predictive draw",
+            "parameters": PARAMETERS[name],
+            "draws": DRAWS[name],
+            "num_draws": int(prediction.log_lik.shape[0]),
+            "posterior_holds": holds,
+            "heldout_log_likelihood_of": "y: the test sequences' labels, per predictive draw",
+            "loo": "not applicable: no pointwise log-likelihood of the training data is stored",
             "accuracy": row["accuracy"],
             "nll": row["nll"],
         },
     )
-    return save_datatree(tree, folder / f"{name}.nc")

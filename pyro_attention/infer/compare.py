@@ -27,12 +27,22 @@ from typing import Any
 
 import pyro
 import torch
+from arviz_stats.utils import ELPDData
 from tqdm import tqdm
 
 from pyro_attention._run_folder import RunFolder, check_output_folder
 from pyro_attention._validation import check_count, check_seed
 from pyro_attention.diagnostics import load_datatree, psis_khat, save_datatree, to_datatree
 from pyro_attention.diagnostics.aggregate import aggregate_rows, mean_error_text
+from pyro_attention.diagnostics.arviz import add_heldout_log_likelihood
+from pyro_attention.diagnostics.elpd import (
+    HELDOUT_GROUP,
+    HELDOUT_KIND,
+    heldout_elpd,
+    plot_elpd_compare,
+    rank_methods,
+    ranking_rows,
+)
 from pyro_attention.diagnostics.plots import plot_comparison, plot_seed_spread, save_figure
 from pyro_attention.infer.evaluate import (
     check_model,
@@ -96,6 +106,35 @@ class Comparison:
     runs: dict[int, Comparison] = field(default_factory=dict)
     #: with several seeds: one row per method, every number's mean and ``<name>_se2``
     aggregate: list[dict[str, Any]] = field(default_factory=list)
+    #: each scored method's held-out ELPD (:func:`~pyro_attention.diagnostics.elpd.heldout_elpd`)
+    elpds: dict[str, ELPDData] = field(default_factory=dict)
+    #: :func:`arviz_stats.compare` of :attr:`elpds` (a ``pandas.DataFrame``), after :meth:`rank`
+    ranking: Any = None
+
+    def rank(self, variable: str) -> Path | None:
+        """Rank the methods by held-out ELPD (:func:`arviz_stats.compare`: ``elpd``, ``se``,
+        ``elpd_diff`` and the SE ``dse`` of each paired difference) into :attr:`ranking` and
+        ``summary.json``'s ``elpd_compare``; with a folder, draw ``elpd_compare.png``.
+
+        :param variable: what one held-out point is, for the summary (e.g. ``"obs: log p(x_n)
+            per test point"``).
+        :returns: the figure's path, or None (no folder, or no scored method).
+        """
+        if not self.elpds:
+            return None
+        self.ranking = rank_methods(self.elpds)
+        self.sections["elpd_compare"] = {
+            "kind": HELDOUT_KIND,
+            "variable": variable,
+            "num_points": next(iter(self.elpds.values())).n_data_points,
+            "ranking": ranking_rows(self.ranking),
+            "notes": self.ranking.attrs.get("warnings", []),
+        }
+        if self.folder is None:
+            return None
+        path = self.folder.path / "elpd_compare.png"
+        title = f"{self.model} on {self.dataset}"
+        return self.folder.record(plot_elpd_compare(self.ranking, path, title))
 
     def summary(self) -> dict[str, Any]:
         """The ``summary.json`` content."""
@@ -133,9 +172,21 @@ class Comparison:
         """The methods whose row has an ``error`` status."""
         return [row["method"] for row in self.rows if str(row["status"]).startswith("error")]
 
+    def ranking_text(self) -> str:
+        """The held-out ELPD ranking (``sections["elpd_compare"]``) as a table, or ``""``."""
+        section = self.sections.get("elpd_compare")
+        if not section:
+            return ""
+        columns = ("method", "rank", "elpd", "se", "elpd_diff", "dse", "weight")
+        return (
+            f"\n\nheld-out ELPD ranking (arviz_stats.compare; {section['variable']}, "
+            f"{section['num_points']} points; dse: SE of the paired difference to the best):\n"
+            + format_table(section["ranking"], columns)
+        )
+
     def __str__(self) -> str:
         if not self.runs:
-            return format_table(self.rows)
+            return format_table(self.rows) + self.ranking_text()
         columns = ("heldout_log_lik", "train_objective", "seconds", "psis_khat")
         rows = [
             {
@@ -180,7 +231,7 @@ def evaluate_fit(
 ) -> tuple[dict[str, Any], PosteriorDraws, torch.Tensor]:
     """Score one fit; returns its row, its draws and the training pointwise log-likelihood."""
     with result.scope():  # the fit's parameters, and none of the user's store
-        return _evaluate_fit(
+        row, draws, train_ll, _ = _evaluate_fit(
             as_model(model_obj),
             result,
             train,
@@ -189,6 +240,7 @@ def evaluate_fit(
             grad_draws=grad_draws,
             local_draws=local_draws,
         )
+    return row, draws, train_ll
 
 
 def _evaluate_fit(
@@ -200,7 +252,8 @@ def _evaluate_fit(
     num_samples: int,
     grad_draws: int,
     local_draws: int,
-) -> tuple[dict[str, Any], PosteriorDraws, torch.Tensor]:
+) -> tuple[dict[str, Any], PosteriorDraws, torch.Tensor, torch.Tensor]:
+    """The row, the draws and the pointwise log-likelihood of the training and test data."""
     train, test = model_obj.check_data(train), model_obj.check_data(test)
     method = result.method
     # the scoring below consumes random numbers in proportion to the data (prior draws of the
@@ -261,7 +314,7 @@ def _evaluate_fit(
     for key in ("max_rhat", "min_ess", "divergences"):
         if key in result.extra:
             row[key] = result.extra[key]
-    return row, draws, train_ll
+    return row, draws, train_ll, test_ll
 
 
 def error_row(method: InferenceMethod, err: BaseException, seconds: float) -> dict[str, Any]:
@@ -450,15 +503,16 @@ def compare(
                 draws_wanted = num_samples  # every MCMC draw is scored, so the tree reuses train_ll
                 if fitted.chains is not None:
                     draws_wanted = max(num_samples, math.prod(fitted.chains_shape()))
-                row, draws, train_ll = evaluate_fit(
-                    model_obj,
-                    fitted,
-                    train,
-                    test,
-                    num_samples=draws_wanted,
-                    grad_draws=grad_draws,
-                    local_draws=local_draws,
-                )
+                with fitted.scope():  # the fit's parameters, and none of the user's store
+                    row, draws, train_ll, test_ll = _evaluate_fit(
+                        model_obj,
+                        fitted,
+                        train,
+                        test,
+                        num_samples=draws_wanted,
+                        grad_draws=grad_draws,
+                        local_draws=local_draws,
+                    )
             except Exception as err:  # one failing method must not lose the others' rows
                 comparison.rows.append(error_row(method, err, time.perf_counter() - t0))
                 if folder is not None:
@@ -473,11 +527,23 @@ def compare(
             comparison.fits[method.name] = fitted
             comparison.draws[method.name] = draws
             comparison.traces[method.name] = list(fitted.losses)
+            # a point's parts (a sequence's tokens) sum into it, as heldout_elpd(tree) sums them
+            per_point = test_ll.double().reshape(*test_ll.shape[:2], -1).sum(-1)
+            comparison.elpds[method.name] = heldout_elpd(per_point.cpu().numpy())
             if folder is not None:
-                tree = _write_tree(model_obj, fitted, draws, train, train_ll, folder.path, row)
-                comparison.files.append(folder.record(tree))
+                try:
+                    tree = _write_tree(
+                        model_obj, fitted, draws, (train, test), (train_ll, test_ll), folder, row
+                    )
+                    comparison.files.append(folder.record(tree))
+                except Exception as err:  # the row stays; the tree's failure is said in it
+                    row["tree"] = f"not written: {type(err).__name__}: {err}"
+                    folder.forget(f"{method.name}.nc")
                 _checkpoint_path(folder, method.name).unlink(missing_ok=True)
                 comparison.write_summary("running")
+        ranked = comparison.rank(f"{_observed_name(model_obj, test)}: log p per test point")
+        if ranked is not None:
+            comparison.files.append(ranked)
         if folder is not None:
             for path in plot_comparison(model_obj, comparison, train, folder.path):
                 comparison.files.append(folder.record(path))
@@ -624,25 +690,76 @@ def _reuse_row(
         samples, log_q, point_estimate=bool(tree.attrs.get("point_estimate", False))
     )
     comparison.traces[name] = [float(v) for v in tree.attrs.get("objective_trace", [])]
+    if HELDOUT_GROUP in tree.children:
+        comparison.elpds[name] = heldout_elpd(tree)
     comparison.files.append(folder.record(folder.path / f"{name}.nc"))
     comparison.resumed.append(name)
+
+
+def _observed_name(model_obj: AlignmentModel, data: Any) -> str:
+    """The observed site's name (``"joint"`` when several sum into the log-likelihood)."""
+    names = [str(site["name"]) for site in observed_sites(trace_model(model_obj, data))]
+    return names[0] if len(names) == 1 else "joint"
+
+
+#: the most draws of the test data's alignments a tree keeps
+MAX_ALIGNMENT_DRAWS = 100
+
+
+def heldout_alignment_draws(
+    model_obj: AlignmentModel, samples: Mapping[str, torch.Tensor], data: Any, num_draws: int
+) -> dict[str, torch.Tensor]:
+    """Draws of every alignment site of ``data`` from its exact posterior given the data and
+    each of the first ``num_draws`` posterior draws of the globals (``infer_discrete`` at
+    temperature 1 on the enumerated model): ``{site: (D, *site shape)}``; with no globals,
+    ``num_draws`` draws given the point estimate. Empty when the model has no alignment site
+    that Pyro's enumeration can sample."""
+    from pyro import poutine
+    from pyro.infer import infer_discrete
+
+    from pyro_attention.alignment import is_alignment_site
+    from pyro_attention.handlers import enumerate_alignments
+
+    available = min((v.shape[0] for v in samples.values()), default=num_draws)
+    draws: dict[str, list[torch.Tensor]] = {}
+    for s in range(min(num_draws, available)):
+        given = poutine.condition(model_obj.model, {k: v[s] for k, v in samples.items()})
+        sampler = infer_discrete(
+            enumerate_alignments(given),
+            first_available_dim=-(model_obj.max_plate_nesting + 1),
+            temperature=1,
+        )
+        with torch.no_grad():
+            trace = poutine.trace(sampler).get_trace(data)
+        for name, site in trace.iter_stochastic_nodes():
+            if is_alignment_site(site) and name not in samples:
+                draws.setdefault(name, []).append(site["value"])
+    return {name: torch.stack(values) for name, values in draws.items()}
 
 
 def _write_tree(
     model_obj: AlignmentModel,
     fitted: FitResult,
     draws: PosteriorDraws,
-    train: Any,
-    train_ll: torch.Tensor,
-    out: Path,
+    data: tuple[Any, Any],
+    pointwise: tuple[torch.Tensor, torch.Tensor],
+    folder: RunFolder,
     row: dict,
 ) -> Path:
     """Save the method's posterior as an ArviZ DataTree in ``out/<method>.nc``.
 
-    A point estimate (EM, ``AutoDelta``) is one draw with ``attrs["point_estimate"] = True`` and
-    no ``log_likelihood`` group, so ArviZ's ``loo`` says that none is there instead of failing
-    on a single draw.
+    Groups: ``posterior`` (the draws of the globals; for a model without any, point-estimated
+    networks, ``heldout_<site>``: draws of the test data's alignments from their exact
+    posterior, :func:`heldout_alignment_draws`),
+    ``log_likelihood`` (the training data's, per draw: what ``arviz_stats.loo`` reads),
+    ``heldout_log_likelihood`` (the test data's, per draw: what
+    :func:`~pyro_attention.diagnostics.elpd.heldout_elpd` reads), ``observed_data`` (the
+    training data) and ``sample_stats``. A point estimate (EM, ``AutoDelta``, networks only) is
+    one draw with ``attrs["point_estimate"] = True`` and no ``log_likelihood`` group, so
+    ArviZ's ``loo`` says that none is there instead of failing on a single draw.
     """
+    train, test = data
+    train_ll, test_ll = pointwise
     dims = model_obj.arviz_dims()
     # the observed sites as the model sees them; the pointwise log-likelihood is named after
     # the observed site (or "joint" when several sum into it)
@@ -650,21 +767,38 @@ def _write_tree(
         str(site["name"]): site_value(site)
         for site in observed_sites(trace_model(model_obj, train))
     }
-    ll_name = next(iter(observed)) if len(observed) == 1 else "joint"
+    ll_name = _observed_name(model_obj, train)
+    # the held-out data have their own dims (other sizes): "heldout_<dim>"
+    heldout_dims = {
+        name: [f"heldout_{d}" for d in names] for name, names in dims.items() if name == ll_name
+    }
     sample_stats = None
     log_likelihood: dict[str, torch.Tensor] | None = {ll_name: train_ll}
     sample_dims: tuple[str, ...]
     if fitted.chains is not None:
         posterior, sample_dims = fitted.chains, ("chain", "draw")
-        train_ll = train_ll.reshape(*fitted.chains_shape(), *train_ll.shape[1:])
+        shape = fitted.chains_shape()
+        train_ll = train_ll.reshape(*shape, *train_ll.shape[1:])
+        test_ll = test_ll.reshape(*shape, *test_ll.shape[1:])
         log_likelihood = {ll_name: train_ll}
         sample_stats = {"diverging": fitted.extra["diverging"]}
     else:
         posterior, sample_dims = draws.samples, ("sample",)
         if draws.log_density is not None:
             sample_stats = {"log_q": draws.log_density}
-    if draws.point_estimate:
+    if draws.point_estimate or train_ll.shape[0] == 1:  # LOO cannot weigh a single draw
         log_likelihood = None
+    heldout_sample_dims = sample_dims
+    if not posterior:  # point-estimated networks: the posterior of the test data's alignments
+        with fitted.scope():
+            local = heldout_alignment_draws(model_obj, {}, test, MAX_ALIGNMENT_DRAWS)
+        if not local:
+            raise ValueError(
+                f"{model_obj.name} has neither global latent sites nor alignment sites that "
+                "Pyro's enumeration can sample: there is no posterior to write"
+            )
+        posterior = {f"heldout_{name}": value for name, value in local.items()}
+        sample_dims, log_likelihood, sample_stats = ("sample",), None, None
     tree = to_datatree(
         posterior,
         sample_dims=sample_dims,
@@ -679,6 +813,12 @@ def _write_tree(
             "heldout_log_lik": row["heldout_log_lik"],
             "point_estimate": draws.point_estimate,
             "objective_trace": [float(v) for v in fitted.losses],
+            "heldout": "heldout_log_likelihood holds the test data's pointwise log-likelihood "
+            "per draw (held out, not LOO); heldout_<site> variables are draws of the test "
+            "data's alignments from their exact posterior",
         },
     )
-    return save_datatree(tree, out / f"{fitted.method.name}.nc")
+    add_heldout_log_likelihood(
+        tree, {ll_name: test_ll}, sample_dims=heldout_sample_dims, dims=heldout_dims
+    )
+    return save_datatree(tree, folder.path / f"{fitted.method.name}.nc")

@@ -417,7 +417,7 @@ def gradient_variance(
 
     All parameters touched by ``loss.loss_and_grads`` are held fixed; only the method's own
     randomness (sampled alignments, reparameterised globals, mini-batches if ``kwargs`` ask for
-    them) varies between draws.
+    them) varies between draws. A model and guide without parameters have none: 0.
     """
     grads = []
     for _ in range(num_draws):
@@ -431,6 +431,8 @@ def gradient_variance(
             (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
             for p in params.values()
         ]
+        if not flat:
+            return 0.0
         grads.append(torch.cat(flat).detach().clone())
         for p in params.values():
             p.grad = None

@@ -197,5 +197,7 @@ class ScoreFunctionKL_ELBO(ELBO):
         for _ in range(self.num_particles):
             value, sur = self._particle(model, guide, args, kwargs)
             elbo, surrogate = elbo + value, surrogate + sur
-        torch.as_tensor(-surrogate / self.num_particles).backward()
+        loss = torch.as_tensor(-surrogate / self.num_particles)
+        if loss.requires_grad:  # a model with nothing to train has no gradient to give
+            loss.backward()
         return -torch_item(elbo) / self.num_particles

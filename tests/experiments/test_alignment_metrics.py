@@ -463,3 +463,38 @@ def test_models_with_other_latents_refused(device):
     model = TwoAlignments(len(data.source_vocab), len(data.target_vocab), device)
     with pytest.raises(ValueError, match="exactly one alignment site"):
         score_alignments(model, get_method("exact"), [batch])
+
+
+# ------------------------------------------------------------------------------ pointwise
+
+
+@pytest.mark.parametrize("method", ["exact", "soft"])
+def test_pointwise_results_are_the_hand_computed_ones(device, method):
+    """Per token: the log-likelihood (soft: the soft model's), the entropies and the mode of
+    the hand computation; per example: the sum of its tokens; the draws
+    follow the exact posterior (soft: the attention weights) within Monte Carlo error."""
+    model, batch, _ = tiny(device)
+    tokens = hand_tokens(model, batch)
+    gold = gold_from(batch, [t["gold"] for t in tokens])
+    pyro.set_rng_seed(0)
+    scores = score_alignments(
+        model, get_method(method), [batch], gold=lambda b: gold, num_draws=4000
+    )
+    t = scores.pointwise.tensors()
+    soft = method == "soft"
+    assert t["log_lik"].tolist() == pytest.approx(
+        [t_["soft"].item() if soft else log_lik(t_) for t_ in tokens], abs=1e-9
+    )
+    assert float(t["example_log_lik"].sum()) == pytest.approx(scores.log_lik, abs=1e-9)
+    for n, tok in enumerate(tokens):
+        S = tok["prior"].shape[-1]
+        belief = tok["prior"] if soft else (tok["prior"] + tok["emission"]).log_softmax(-1)
+        entropy_q = -(belief.exp() * belief).sum().item()
+        assert t["posterior_entropy"][n].item() == pytest.approx(entropy_q, abs=1e-9)
+        assert t["prior_entropy"][n].item() == pytest.approx(entropy(tok), abs=1e-9)
+        assert int(t["mode"][n]) == (prior_argmax(tok) if soft else posterior_argmax(tok))
+        frequencies = torch.bincount(t["draws"][:, n], minlength=S)[:S].double() / 4000
+        assert (t["draws"][:, n] < S).all()  # never a padded source position
+        torch.testing.assert_close(frequencies, belief.exp().cpu(), rtol=0, atol=0.035)
+    assert t["example"].tolist() == batch.target_mask.nonzero()[:, 0].tolist()
+    assert t["position"].tolist() == batch.target_mask.nonzero()[:, 1].tolist()

@@ -73,7 +73,12 @@ def test_resume_after_an_interrupt_gives_the_uninterrupted_result(tmp_path, monk
     assert final["state"] == "finished" and final["resumed"] == ["cavi"]
     assert sorted(final["files"]) == sorted(
         ["cavi.nc", "enum.nc", "em.nc", "objective_traces.png", "posterior_fits.png"]
+        + ["elpd_compare.png"]
     )
+    # the resumed method's held-out ELPD comes back from its tree: the same ranking
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert final["elpd_compare"] == whole["elpd_compare"]
+    assert [r["method"] for r in final["elpd_compare"]["ranking"]] != []
     assert not list((tmp_path / "cut").glob(".checkpoint-*"))
 
 
