@@ -710,11 +710,7 @@ def _compare_registered(args: argparse.Namespace) -> int:
     default = setup.methods
     if default is None and args.methods is None:  # every method that applies, as compare()
         structure = inspect_model(setup.model, setup.train)
-        default = [
-            name
-            for name in applicable_methods(structure)
-            if args.subsample_size is None or get_method(name).supports_subsampling
-        ]
+        default = applicable_methods(structure, args.subsample_size)
     methods = _methods(args, default or (), num_steps=_svi_steps(args))
     result = _run_compare(setup.model, setup.train, setup.test, methods, setup.dataset, args)
     print(f"\nwrote {len(result.files)} files to {args.out}")
@@ -1177,7 +1173,6 @@ def _check_compare(args: argparse.Namespace) -> None:
             f"compare {args.model} "
             "starts again (its finished rows of an interrupted run are in summary.json)"
         )
-    _load_plugins([("--plugin", name) for name in _plugin_names(args)])  # loaded: no-op
     if args.model == "sgpa" and (args.workers != 1 or _given(args, "executor")):
         raise ValueError(
             "compare sgpa runs its --seeds in one process; spread them with "

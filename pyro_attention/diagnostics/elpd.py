@@ -45,6 +45,7 @@ __all__ = [
     "plot_elpd_compare",
     "rank_methods",
     "ranking_rows",
+    "ranking_section",
 ]
 
 #: the tree group holding the held-out pointwise log-likelihood per draw
@@ -181,6 +182,21 @@ def ranking_rows(table: Any) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def ranking_section(elpds: Mapping[str, ELPDData], variable: str) -> tuple[Any, dict[str, Any]]:
+    """:func:`rank_methods` of ``elpds`` and its ``summary.json`` section: ``kind``,
+    ``variable`` (what one held-out point is), ``num_points``, ``ranking``
+    (:func:`ranking_rows`) and ``notes`` (arviz-stats' warnings)."""
+    table = rank_methods(elpds)
+    section = {
+        "kind": HELDOUT_KIND,
+        "variable": variable,
+        "num_points": next(iter(elpds.values())).n_data_points,
+        "ranking": ranking_rows(table),
+        "notes": table.attrs["warnings"],
+    }
+    return table, section
 
 
 def plot_elpd_compare(table: Any, path: str | Path, title: str | None = None) -> Path:

@@ -35,7 +35,7 @@ from pyro_attention.diagnostics.elpd import heldout_elpd
 from pyro_attention.experiments.alignment_metrics import score_alignments
 from pyro_attention.experiments.alignment_trees import alignment_tree, heatmap_examples
 from pyro_attention.handlers import enumerate_alignments
-from pyro_attention.infer.compare import Comparison, error_row, format_table
+from pyro_attention.infer.compare import Comparison, error_row, format_table, ranking_text
 from pyro_attention.infer.fit import fit
 from pyro_attention.infer.methods import InferenceMethod
 from pyro_attention.infer.registry import get_method
@@ -113,7 +113,7 @@ class AlignmentComparison(Comparison):
     trees: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return format_table(self.rows, COLUMNS) + self.ranking_text()
+        return format_table(self.rows, COLUMNS) + ranking_text(self.sections.get("elpd_compare"))
 
 
 def compare_alignment(

@@ -71,12 +71,11 @@ from pyro_attention.diagnostics.elpd import (
     HELDOUT_KIND,
     heldout_elpd,
     plot_elpd_compare,
-    rank_methods,
-    ranking_rows,
+    ranking_section,
 )
 from pyro_attention.diagnostics.plots import plot_reliability
 from pyro_attention.infer import fit
-from pyro_attention.infer.compare import format_table
+from pyro_attention.infer.compare import ranking_text
 from pyro_attention.infer.results import FitResult
 from pyro_attention.models import GPAttentionClassifier
 from pyro_attention.traces import site_dist, site_value
@@ -536,17 +535,8 @@ class SGPAComparison:
     def ranking_text(self) -> str:
         """The held-out ELPD ranking of the first seed's rows as a table, or ``""``."""
         section = self.elpd_compare
-        if not section:
-            return ""
-        head = f"\n\nheld-out ELPD ranking, seed {section['seed']}"
-        if "error" in section:
-            return f"{head}: {section['error']}"
-        columns = ("method", "rank", "elpd", "se", "elpd_diff", "dse", "weight")
-        return (
-            f"{head} (arviz_stats.compare; {section['variable']}, {section['num_points']} "
-            f"points; dse: SE of the paired difference to the best):\n"
-            + format_table(section["ranking"], columns)
-        )
+        seed = "" if section is None else f", seed {section['seed']}"
+        return ranking_text(section, f"held-out ELPD ranking{seed}")
 
     def __str__(self) -> str:
         aggregate = self.aggregate()
@@ -686,19 +676,19 @@ def _rank(comparison: SGPAComparison, folder: RunFolder | None, seed: int) -> No
     scope = "the first seed's rows" + (
         f" (of {len(comparison.seeds)} seeds)" if len(comparison.seeds) > 1 else ""
     )
-    section: dict[str, Any] = {"kind": HELDOUT_KIND, "variable": ELPD_VARIABLE, "seed": seed}
     try:
         elpds = {name: heldout_elpd(tree, "y") for name, tree in comparison.trees.items()}
-        comparison.ranking = rank_methods(elpds)
+        comparison.ranking, section = ranking_section(elpds, ELPD_VARIABLE)
     except Exception as err:
-        comparison.elpd_compare = {**section, "rows": scope, "error": _error(err)}
+        comparison.elpd_compare = {
+            "kind": HELDOUT_KIND,
+            "variable": ELPD_VARIABLE,
+            "seed": seed,
+            "rows": scope,
+            "error": _error(err),
+        }
         return
-    comparison.elpd_compare = {
-        **section,
-        "num_points": next(iter(elpds.values())).n_data_points,
-        "rows": scope,
-        "ranking": ranking_rows(comparison.ranking),
-    }
+    comparison.elpd_compare = {**section, "seed": seed, "rows": scope}
     if folder is not None:
         title = f"gp-attention on {comparison.task}, seed {seed}"
         path = plot_elpd_compare(comparison.ranking, folder.path / "elpd_compare.png", title)

@@ -37,11 +37,9 @@ from pyro_attention.diagnostics.aggregate import aggregate_rows, mean_error_text
 from pyro_attention.diagnostics.arviz import add_heldout_log_likelihood
 from pyro_attention.diagnostics.elpd import (
     HELDOUT_GROUP,
-    HELDOUT_KIND,
     heldout_elpd,
     plot_elpd_compare,
-    rank_methods,
-    ranking_rows,
+    ranking_section,
 )
 from pyro_attention.diagnostics.plots import plot_comparison, plot_seed_spread, save_figure
 from pyro_attention.infer.evaluate import (
@@ -122,14 +120,7 @@ class Comparison:
         """
         if not self.elpds:
             return None
-        self.ranking = rank_methods(self.elpds)
-        self.sections["elpd_compare"] = {
-            "kind": HELDOUT_KIND,
-            "variable": variable,
-            "num_points": next(iter(self.elpds.values())).n_data_points,
-            "ranking": ranking_rows(self.ranking),
-            "notes": self.ranking.attrs.get("warnings", []),
-        }
+        self.ranking, self.sections["elpd_compare"] = ranking_section(self.elpds, variable)
         if self.folder is None:
             return None
         path = self.folder.path / "elpd_compare.png"
@@ -172,21 +163,9 @@ class Comparison:
         """The methods whose row has an ``error`` status."""
         return [row["method"] for row in self.rows if str(row["status"]).startswith("error")]
 
-    def ranking_text(self) -> str:
-        """The held-out ELPD ranking (``sections["elpd_compare"]``) as a table, or ``""``."""
-        section = self.sections.get("elpd_compare")
-        if not section:
-            return ""
-        columns = ("method", "rank", "elpd", "se", "elpd_diff", "dse", "weight")
-        return (
-            f"\n\nheld-out ELPD ranking (arviz_stats.compare; {section['variable']}, "
-            f"{section['num_points']} points; dse: SE of the paired difference to the best):\n"
-            + format_table(section["ranking"], columns)
-        )
-
     def __str__(self) -> str:
         if not self.runs:
-            return format_table(self.rows) + self.ranking_text()
+            return format_table(self.rows) + ranking_text(self.sections.get("elpd_compare"))
         columns = ("heldout_log_lik", "train_objective", "seconds", "psis_khat")
         rows = [
             {
@@ -207,6 +186,21 @@ def _cell(value: Any) -> str:
             return "nan"
         return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
     return str(value)
+
+
+def ranking_text(section: Mapping[str, Any] | None, heading: str = "held-out ELPD ranking") -> str:
+    """A ``summary.json`` ranking section (:func:`~pyro_attention.diagnostics.elpd.
+    ranking_section`) as text to print under a comparison's table; ``""`` without one."""
+    if not section:
+        return ""
+    if "error" in section:
+        return f"\n\n{heading}: {section['error']}"
+    columns = ("method", "rank", "elpd", "se", "elpd_diff", "dse", "weight")
+    return (
+        f"\n\n{heading} (arviz_stats.compare; {section['variable']}, {section['num_points']} "
+        f"points; dse: SE of the paired difference to the best):\n"
+        + format_table(section["ranking"], columns)
+    )
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
@@ -376,8 +370,9 @@ def compare(
         of every seed (with ``seed``) and :attr:`Comparison.aggregate`, the mean and two
         standard errors per method (printed), also in ``out/summary.json``. The command line
         (``--seeds``, ``pyro-attention sweep``) runs seeds in parallel.
-    :returns: a :class:`Comparison` (``print`` it for the table); a method that failed has
-        a row with an ``error`` status (see :attr:`Comparison.failed`).
+    :returns: a :class:`Comparison` (``print`` it for the table and the held-out ELPD
+        ranking, :attr:`Comparison.ranking`; ``elpd_compare.png`` with ``out``); a method that
+        failed has a row with an ``error`` status (see :attr:`Comparison.failed`).
     """
     settings = {
         "num_steps": num_steps,
@@ -424,13 +419,10 @@ def compare(
             f"e.g. methods=[{methods!r}]"
         )
     structure = check_model(model_obj, train)
-    trace_model(model_obj, test, log_prob=True)  # the held-out data must fit the model too
+    heldout = trace_model(model_obj, test, log_prob=True)  # the test data must fit it too
+    ll_name = _log_likelihood_name({str(site["name"]): site for site in observed_sites(heldout)})
     if methods is None:  # every applicable method, those that can use the options given
-        names: list[str | InferenceMethod] = [
-            name
-            for name in applicable_methods(structure)
-            if subsample_size is None or get_method(name).supports_subsampling
-        ]
+        names: list[str | InferenceMethod] = list(applicable_methods(structure, subsample_size))
     else:
         names = list(methods)
     if not names:
@@ -541,7 +533,7 @@ def compare(
                     folder.forget(f"{method.name}.nc")
                 _checkpoint_path(folder, method.name).unlink(missing_ok=True)
                 comparison.write_summary("running")
-        ranked = comparison.rank(f"{_observed_name(model_obj, test)}: log p per test point")
+        ranked = comparison.rank(f"{ll_name}: log p per test point")
         if ranked is not None:
             comparison.files.append(ranked)
         if folder is not None:
@@ -696,10 +688,10 @@ def _reuse_row(
     comparison.resumed.append(name)
 
 
-def _observed_name(model_obj: AlignmentModel, data: Any) -> str:
-    """The observed site's name (``"joint"`` when several sum into the log-likelihood)."""
-    names = [str(site["name"]) for site in observed_sites(trace_model(model_obj, data))]
-    return names[0] if len(names) == 1 else "joint"
+def _log_likelihood_name(observed: Mapping[str, Any]) -> str:
+    """The pointwise log-likelihood's name: the observed site's (``"joint"`` when several
+    sum into it)."""
+    return next(iter(observed)) if len(observed) == 1 else "joint"
 
 
 #: the most draws of the test data's alignments a tree keeps
@@ -707,32 +699,30 @@ MAX_ALIGNMENT_DRAWS = 100
 
 
 def heldout_alignment_draws(
-    model_obj: AlignmentModel, samples: Mapping[str, torch.Tensor], data: Any, num_draws: int
+    model_obj: AlignmentModel, data: Any, num_draws: int
 ) -> dict[str, torch.Tensor]:
-    """Draws of every alignment site of ``data`` from its exact posterior given the data and
-    each of the first ``num_draws`` posterior draws of the globals (``infer_discrete`` at
-    temperature 1 on the enumerated model): ``{site: (D, *site shape)}``; with no globals,
-    ``num_draws`` draws given the point estimate. Empty when the model has no alignment site
-    that Pyro's enumeration can sample."""
+    """``num_draws`` draws of every alignment site of ``data`` from its exact posterior under
+    the current (point-estimated) parameters of a model without global latents
+    (``infer_discrete`` at temperature 1 on the enumerated model): ``{site: (D, *site
+    shape)}``; empty when the model has no alignment site that Pyro's enumeration can
+    sample."""
     from pyro import poutine
     from pyro.infer import infer_discrete
 
     from pyro_attention.alignment import is_alignment_site
     from pyro_attention.handlers import enumerate_alignments
 
-    available = min((v.shape[0] for v in samples.values()), default=num_draws)
+    sampler = infer_discrete(
+        enumerate_alignments(model_obj.model),
+        first_available_dim=-(model_obj.max_plate_nesting + 1),
+        temperature=1,
+    )
     draws: dict[str, list[torch.Tensor]] = {}
-    for s in range(min(num_draws, available)):
-        given = poutine.condition(model_obj.model, {k: v[s] for k, v in samples.items()})
-        sampler = infer_discrete(
-            enumerate_alignments(given),
-            first_available_dim=-(model_obj.max_plate_nesting + 1),
-            temperature=1,
-        )
+    for _ in range(num_draws):
         with torch.no_grad():
             trace = poutine.trace(sampler).get_trace(data)
         for name, site in trace.iter_stochastic_nodes():
-            if is_alignment_site(site) and name not in samples:
+            if is_alignment_site(site):
                 draws.setdefault(name, []).append(site["value"])
     return {name: torch.stack(values) for name, values in draws.items()}
 
@@ -767,7 +757,7 @@ def _write_tree(
         str(site["name"]): site_value(site)
         for site in observed_sites(trace_model(model_obj, train))
     }
-    ll_name = _observed_name(model_obj, train)
+    ll_name = _log_likelihood_name(observed)
     # the held-out data have their own dims (other sizes): "heldout_<dim>"
     heldout_dims = {
         name: [f"heldout_{d}" for d in names] for name, names in dims.items() if name == ll_name
@@ -791,7 +781,7 @@ def _write_tree(
     heldout_sample_dims = sample_dims
     if not posterior:  # point-estimated networks: the posterior of the test data's alignments
         with fitted.scope():
-            local = heldout_alignment_draws(model_obj, {}, test, MAX_ALIGNMENT_DRAWS)
+            local = heldout_alignment_draws(model_obj, test, MAX_ALIGNMENT_DRAWS)
         if not local:
             raise ValueError(
                 f"{model_obj.name} has neither global latent sites nor alignment sites that "

@@ -101,6 +101,12 @@ def get_method(method: str | m.InferenceMethod, **options: Any) -> m.InferenceMe
         raise ValueError(f"bad options for method {method!r}: {err}") from None
 
 
-def applicable_methods(structure: ModelStructure) -> list[str]:
-    """The registered methods (default settings) whose requirements ``structure`` meets."""
-    return [name for name in _REGISTRY if not get_method(name).unmet(structure)]
+def applicable_methods(structure: ModelStructure, subsample_size: int | None = None) -> list[str]:
+    """The registered methods (default settings) whose requirements ``structure`` meets; with
+    ``subsample_size``, only those that can train on mini-batches."""
+    return [
+        name
+        for name in _REGISTRY
+        if not get_method(name).unmet(structure)
+        and (subsample_size is None or get_method(name).supports_subsampling)
+    ]

@@ -203,10 +203,10 @@ def test_the_ranking_needs_no_folder_and_a_failing_one_is_recorded(tmp_path, mon
     )
     assert [r["method"] for r in result.elpd_compare["ranking"]] == list(result.ranking.index)
 
-    def broken(elpds):
+    def broken(elpds, variable):
         raise ValueError("broken on purpose")
 
-    monkeypatch.setattr(module, "rank_methods", broken)
+    monkeypatch.setattr(module, "ranking_section", broken)
     result = compare_sgpa(
         "digits", ["softmax"], seeds=[0, 1], settings=TINY, out=tmp_path, progress=False
     )
